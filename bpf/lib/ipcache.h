@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Identity resolution. Every peer address resolves through the ipcache's
+ * longest-prefix match; an address it does not know is "world". */
+#ifndef SIGIL_IPCACHE_H
+#define SIGIL_IPCACHE_H
+
+#include "maps.h"
+
+static __always_inline const struct ipcache_entry *ipcache_lookup4(__be32 addr)
+{
+	struct ipcache_key k = {
+		.prefixlen = IPCACHE_STATIC_PREFIX + 32,
+		.family = SIGIL_AF_INET,
+		.addr.ip4 = addr,
+	};
+	return bpf_map_lookup_elem(&sigil_ipcache, &k);
+}
+
+static __always_inline __u32 identity_of4(__be32 addr)
+{
+	const struct ipcache_entry *e = ipcache_lookup4(addr);
+	return e ? e->identity : IDENTITY_WORLD;
+}
+
+static __always_inline const struct endpoint_info *endpoint_lookup4(__be32 addr)
+{
+	struct endpoint_key k = { .addr.ip4 = addr, .family = SIGIL_AF_INET };
+	return bpf_map_lookup_elem(&sigil_endpoints, &k);
+}
+
+#endif /* SIGIL_IPCACHE_H */

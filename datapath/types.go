@@ -1,0 +1,147 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// Direction is a traffic direction from an endpoint's point of view.
+type Direction uint8
+
+const (
+	// Ingress is traffic into the endpoint (the to-container program).
+	Ingress Direction = 0
+	// Egress is traffic out of the endpoint (the from-container program).
+	Egress Direction = 1
+)
+
+func (d Direction) String() string {
+	switch d {
+	case Ingress:
+		return "ingress"
+	case Egress:
+		return "egress"
+	}
+	return fmt.Sprintf("direction(%d)", uint8(d))
+}
+
+// Identity is a numeric security identity.
+type Identity uint32
+
+// Reserved identities; bpf/lib/common.h holds the same numbers.
+const (
+	IdentityAny           Identity = 0 // wildcard in policy keys
+	IdentityHost          Identity = 1
+	IdentityWorld         Identity = 2
+	IdentityUnmanaged     Identity = 3
+	IdentityHealth        Identity = 4
+	IdentityInit          Identity = 5
+	IdentityRemoteNode    Identity = 6
+	IdentityKubeAPIServer Identity = 7
+
+	// IdentityClusterMin is the first identity the operator allocates for
+	// label sets.
+	IdentityClusterMin Identity = 256
+	// IdentityLocalFlag marks node-local identities (CIDR peers).
+	IdentityLocalFlag Identity = 1 << 24
+)
+
+// EnforcementMode is the global policy enforcement mode.
+type EnforcementMode uint32
+
+const (
+	// EnforceDefault enforces a direction of an endpoint only when a policy
+	// selects the endpoint in that direction.
+	EnforceDefault EnforcementMode = 0
+	// EnforceAlways makes every endpoint default-deny in both directions.
+	EnforceAlways EnforcementMode = 1
+	// EnforceNever disables policy enforcement.
+	EnforceNever EnforcementMode = 2
+)
+
+// ParseEnforcementMode parses "default", "always" or "never".
+func ParseEnforcementMode(s string) (EnforcementMode, error) {
+	switch s {
+	case "", "default":
+		return EnforceDefault, nil
+	case "always":
+		return EnforceAlways, nil
+	case "never":
+		return EnforceNever, nil
+	}
+	return 0, fmt.Errorf("unknown policy enforcement mode %q (want default, always or never)", s)
+}
+
+func (m EnforcementMode) String() string {
+	switch m {
+	case EnforceDefault:
+		return "default"
+	case EnforceAlways:
+		return "always"
+	case EnforceNever:
+		return "never"
+	}
+	return fmt.Sprintf("mode(%d)", uint32(m))
+}
+
+// Runtime configuration flags (runtime_config.flags).
+const (
+	// ConfigAllowHostIngress lets the node itself (identity host) reach its
+	// pods whatever their ingress policy says, as kubelet probes need.
+	ConfigAllowHostIngress uint32 = 1 << 0
+	// ConfigTraceNewFlows emits a policy-verdict event for every allowed new
+	// flow (subject to the rate limit).
+	ConfigTraceNewFlows uint32 = 1 << 1
+)
+
+// RuntimeConfig is the datapath's runtime configuration.
+type RuntimeConfig struct {
+	Enforcement    EnforcementMode
+	Flags          uint32
+	EventRateLimit uint32 // allowed-flow events per second per CPU; 0 = unlimited
+}
+
+// Address families as in the kernel.
+const (
+	familyIPv4 = 2
+	familyIPv6 = 10
+)
+
+// addrBytes encodes an address into the C union sigil_addr (16 bytes,
+// network byte order, IPv4 in the first four bytes).
+func addrBytes(a netip.Addr) (b [16]byte, family uint8) {
+	if a.Is4() || a.Is4In6() {
+		v4 := a.Unmap().As4()
+		copy(b[:], v4[:])
+		return b, familyIPv4
+	}
+	return a.As16(), familyIPv6
+}
+
+func addrFrom(b [16]byte, family uint8) netip.Addr {
+	if family == familyIPv6 {
+		return netip.AddrFrom16(b)
+	}
+	return netip.AddrFrom4([4]byte{b[0], b[1], b[2], b[3]})
+}
+
+// u32Addr converts the generated Go mirror of union sigil_addr.
+func u32Addr(u [4]uint32) (b [16]byte) {
+	for i, w := range u {
+		binary.NativeEndian.PutUint32(b[i*4:], w)
+	}
+	return b
+}
+
+func addrU32(b [16]byte) (u [4]uint32) {
+	for i := range u {
+		u[i] = binary.NativeEndian.Uint32(b[i*4:])
+	}
+	return u
+}
+
+// htons and ntohs convert ports between host and network byte order as the
+// generated structs hold network-order fields in native integers.
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+func ntohs(v uint16) uint16 { return htons(v) }
