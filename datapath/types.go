@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 )
@@ -125,23 +124,3 @@ func addrFrom(b [16]byte, family uint8) netip.Addr {
 	}
 	return netip.AddrFrom4([4]byte{b[0], b[1], b[2], b[3]})
 }
-
-// u32Addr converts the generated Go mirror of union sigil_addr.
-func u32Addr(u [4]uint32) (b [16]byte) {
-	for i, w := range u {
-		binary.NativeEndian.PutUint32(b[i*4:], w)
-	}
-	return b
-}
-
-func addrU32(b [16]byte) (u [4]uint32) {
-	for i := range u {
-		u[i] = binary.NativeEndian.Uint32(b[i*4:])
-	}
-	return u
-}
-
-// htons and ntohs convert ports between host and network byte order as the
-// generated structs hold network-order fields in native integers.
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-func ntohs(v uint16) uint16 { return htons(v) }

@@ -1,0 +1,233 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// AttachMode is how per-endpoint programs are attached.
+type AttachMode string
+
+const (
+	// AttachAuto uses TCX where the kernel has it (6.6+), else tc.
+	AttachAuto AttachMode = "auto"
+	// AttachTCX uses TCX links, pinned so programs stay attached after the
+	// agent exits.
+	AttachTCX AttachMode = "tcx"
+	// AttachTC uses a clsact qdisc with direct-action bpf filters.
+	AttachTC AttachMode = "tc"
+)
+
+func resolveAttachMode(m AttachMode) (AttachMode, error) {
+	switch m {
+	case AttachTCX, AttachTC:
+		return m, nil
+	case "", AttachAuto:
+		if tcxSupported() {
+			return AttachTCX, nil
+		}
+		return AttachTC, nil
+	}
+	return "", fmt.Errorf("datapath: unknown attach mode %q (want auto, tcx or tc)", m)
+}
+
+// tcxSupported probes for TCX by attaching a program that only returns
+// TCX_NEXT to loopback, and detaching it at once.
+func tcxSupported() bool {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		License:      "Dual BSD/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}, // TC_ACT_UNSPEC
+	})
+	if err != nil {
+		return false
+	}
+	defer prog.Close()
+	l, err := link.AttachTCX(link.TCXOptions{Interface: 1, Program: prog, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// hook is one attachment point of an endpoint.
+type hook struct {
+	suffix string
+	attach ebpf.AttachType
+	parent uint32 // clsact parent for tc mode
+	prog   func(*Datapath) *ebpf.Program
+}
+
+var endpointHooks = []hook{
+	// Traffic leaving the pod enters the host through the host-side veth.
+	{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, func(d *Datapath) *ebpf.Program { return d.fromContainer }},
+	// Traffic entering the pod leaves the host through the host-side veth.
+	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(d *Datapath) *ebpf.Program { return d.toContainer }},
+}
+
+func (d *Datapath) linkPin(ifName, suffix string) string {
+	return filepath.Join(d.cfg.PinDir, "links", ifName+"-"+suffix)
+}
+
+// inNetNS runs fn on a locked OS thread in the configured namespace.
+func (d *Datapath) inNetNS(fn func() error) error {
+	if d.cfg.NetNS == "" {
+		return fn()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(d.cfg.NetNS)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", d.cfg.NetNS, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return fmt.Errorf("enter netns %s: %w", d.cfg.NetNS, err)
+	}
+	defer netns.Set(orig)
+	return fn()
+}
+
+// AttachEndpoint attaches from-container and to-container to the host-side
+// veth ifName (ifIndex in the node's namespace). It is idempotent: existing
+// attachments are updated to this process's programs, so an agent restart or
+// upgrade swaps programs without a gap.
+func (d *Datapath) AttachEndpoint(ifName string, ifIndex int) error {
+	return d.inNetNS(func() error {
+		for _, h := range endpointHooks {
+			var err error
+			if d.mode == AttachTCX {
+				err = d.attachTCX(ifName, ifIndex, h)
+			} else {
+				err = d.attachTC(ifName, ifIndex, h)
+			}
+			if err != nil {
+				return fmt.Errorf("attach %s to %s (%s): %w", h.prog(d).String(), ifName, d.mode, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (d *Datapath) attachTCX(ifName string, ifIndex int, h hook) error {
+	pin := d.linkPin(ifName, h.suffix)
+	prog := h.prog(d)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifIndex {
+			uerr := l.Update(prog)
+			l.Close()
+			if uerr == nil {
+				return nil
+			}
+		} else {
+			l.Close()
+		}
+		// A stale pin (interface re-created, or link defunct): replace it.
+		_ = os.Remove(pin)
+	}
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		return err
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifIndex, Program: prog, Attach: h.attach})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin link: %w", err)
+	}
+	return nil
+}
+
+func (d *Datapath) attachTC(ifName string, ifIndex int, h hook) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifIndex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("clsact qdisc: %w", err)
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: ifIndex, Parent: h.parent, Handle: 1,
+			Protocol: unix.ETH_P_ALL, Priority: 1},
+		Fd:           h.prog(d).FD(),
+		Name:         "sigil-" + h.suffix,
+		DirectAction: true,
+	}
+	if err := netlink.FilterReplace(filter); err != nil {
+		return fmt.Errorf("bpf filter: %w", err)
+	}
+	return nil
+}
+
+// DetachEndpoint removes the programs from ifName. A missing interface or
+// attachment is not an error: DetachEndpoint is idempotent.
+func (d *Datapath) DetachEndpoint(ifName string) error {
+	return d.inNetNS(func() error {
+		var errs []error
+		for _, h := range endpointHooks {
+			if err := os.Remove(d.linkPin(ifName, h.suffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		if d.mode == AttachTC {
+			if l, err := netlink.LinkByName(ifName); err == nil {
+				for _, h := range endpointHooks {
+					f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index,
+						Parent: h.parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1}}
+					if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+						errs = append(errs, err)
+					}
+				}
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// AttachedInterfaces lists the interface names with pinned TCX links.
+func (d *Datapath) AttachedInterfaces() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(d.cfg.PinDir, "links"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range entries {
+		name := e.Name()
+		for _, h := range endpointHooks {
+			if base, ok := cutSuffix(name, "-"+h.suffix); ok && !seen[base] {
+				seen[base] = true
+				out = append(out, base)
+			}
+		}
+	}
+	return out, nil
+}
+
+func cutSuffix(s, suffix string) (string, bool) {
+	if len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix {
+		return s[:len(s)-len(suffix)], true
+	}
+	return s, false
+}

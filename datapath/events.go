@@ -1,0 +1,154 @@
+package datapath
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// EventType is the kind of a flow event.
+type EventType uint8
+
+// Event types, as in bpf/lib/events.h.
+const (
+	EventPolicyVerdict EventType = 1 // a new flow was judged and allowed
+	EventDrop          EventType = 2 // a packet was dropped
+	EventTrace         EventType = 3
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventPolicyVerdict:
+		return "policy-verdict"
+	case EventDrop:
+		return "drop"
+	case EventTrace:
+		return "trace"
+	}
+	return fmt.Sprintf("event(%d)", uint8(t))
+}
+
+// Verdict is the outcome a flow event reports.
+type Verdict uint8
+
+// Verdicts, as in bpf/lib/events.h.
+const (
+	VerdictForwarded Verdict = 1
+	VerdictDropped   Verdict = 2
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case VerdictForwarded:
+		return "FORWARDED"
+	case VerdictDropped:
+		return "DROPPED"
+	}
+	return fmt.Sprintf("verdict(%d)", uint8(v))
+}
+
+// FlowEvent is one decoded datapath event.
+type FlowEvent struct {
+	Time        time.Time
+	EndpointID  uint32
+	IfIndex     uint32
+	SrcIdentity Identity
+	DstIdentity Identity
+	Src, Dst    netip.Addr
+	SrcPort     uint16
+	DstPort     uint16 // for ICMP: type << 8 | code
+	Proto       uint8
+	Direction   Direction
+	Type        EventType
+	Verdict     Verdict
+	Reason      Reason
+	TCPFlags    uint8
+	Cookie      uint32 // the policy entry that decided; 0 for none
+	Length      uint32
+}
+
+// EventReader reads flow events from the ring buffer.
+type EventReader struct {
+	rd       *ringbuf.Reader
+	bootWall time.Time // wall clock at monotonic zero
+}
+
+// NewEventReader reads the events of a loaded datapath.
+func (d *Datapath) NewEventReader() (*EventReader, error) {
+	return newEventReader(d.coll.Maps[MapEvents])
+}
+
+// OpenEventReader reads the events of the datapath pinned under pinDir.
+func OpenEventReader(pinDir string) (*EventReader, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, MapEvents), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open event ring buffer: %w", err)
+	}
+	defer m.Close()
+	return newEventReader(m)
+}
+
+func newEventReader(m *ebpf.Map) (*EventReader, error) {
+	rd, err := ringbuf.NewReader(m)
+	if err != nil {
+		return nil, fmt.Errorf("event ring buffer reader: %w", err)
+	}
+	mono := time.Duration(monotonicNow())
+	return &EventReader{rd: rd, bootWall: time.Now().Add(-mono)}, nil
+}
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t.
+func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+
+// Read blocks until the next event. It returns ringbuf.ErrClosed after
+// Close, and os.ErrDeadlineExceeded after the deadline.
+func (r *EventReader) Read() (FlowEvent, error) {
+	rec, err := r.rd.Read()
+	if err != nil {
+		return FlowEvent{}, err
+	}
+	return r.decode(rec.RawSample)
+}
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = ringbuf.ErrClosed
+
+// IsTimeout reports whether err is a Read deadline.
+func IsTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+func (r *EventReader) decode(raw []byte) (FlowEvent, error) {
+	var e flowEventRaw
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+		return FlowEvent{}, fmt.Errorf("decode flow event (%d bytes): %w", len(raw), err)
+	}
+	return FlowEvent{
+		Time:        r.bootWall.Add(time.Duration(e.Timestamp)),
+		EndpointID:  e.EpID,
+		IfIndex:     e.IfIndex,
+		SrcIdentity: Identity(e.SrcIdentity),
+		DstIdentity: Identity(e.DstIdentity),
+		Src:         addrFrom(e.Saddr, e.Family),
+		Dst:         addrFrom(e.Daddr, e.Family),
+		SrcPort:     fromBE16(e.Sport),
+		DstPort:     fromBE16(e.Dport),
+		Proto:       e.Proto,
+		Direction:   Direction(e.Direction),
+		Type:        EventType(e.Type),
+		Verdict:     Verdict(e.Verdict),
+		Reason:      Reason(e.Reason),
+		TCPFlags:    e.TCPFlags,
+		Cookie:      e.Cookie,
+		Length:      e.PktLen,
+	}, nil
+}
+
+// Close stops the reader; a blocked Read returns ErrClosed.
+func (r *EventReader) Close() error { return r.rd.Close() }

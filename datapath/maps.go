@@ -1,0 +1,288 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// Pinned map names, as in bpf/lib/maps.h and bpf/lib/events.h.
+const (
+	MapEndpoints = "sigil_endpoints"
+	MapIPCache   = "sigil_ipcache"
+	MapPolicy    = "sigil_policy"
+	MapCT4       = "sigil_ct4"
+	MapFrag4     = "sigil_frag4"
+	MapMetrics   = "sigil_metrics"
+	MapConfig    = "sigil_config"
+	MapEvents    = "sigil_events"
+	MapEvStats   = "sigil_evstats"
+	MapEvRate    = "sigil_evrate"
+)
+
+// pinnedMaps lists every map pinned under the pin directory.
+var pinnedMaps = []string{MapEndpoints, MapIPCache, MapPolicy, MapCT4, MapFrag4,
+	MapMetrics, MapConfig, MapEvents, MapEvStats, MapEvRate}
+
+// ErrNotFound is returned by lookups of keys that are not in a map.
+var ErrNotFound = ebpf.ErrKeyNotExist
+
+// Maps gives typed access to Sigil's BPF maps. It is what a loaded Datapath
+// embeds, and what OpenPinned returns for tools (the CLI) that read the
+// pinned maps while the agent is down.
+type Maps struct {
+	Endpoints *EndpointMap
+	IPCache   *IPCache
+	Policy    *PolicyMap
+	Conntrack *Conntrack
+	Metrics   *Metrics
+	Config    *ConfigMap
+
+	raw map[string]*ebpf.Map
+}
+
+// OpenPinned opens the maps pinned under pinDir, without loading programs.
+func OpenPinned(pinDir string) (*Maps, error) {
+	raw := make(map[string]*ebpf.Map, len(pinnedMaps))
+	for _, name := range pinnedMaps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+		if err != nil {
+			closeAll(raw)
+			return nil, fmt.Errorf("open pinned map %s: %w (is the agent's pin directory %s right?)", name, err, pinDir)
+		}
+		raw[name] = m
+	}
+	return newMaps(raw), nil
+}
+
+func newMaps(raw map[string]*ebpf.Map) *Maps {
+	return &Maps{
+		Endpoints: &EndpointMap{m: raw[MapEndpoints]},
+		IPCache:   &IPCache{m: raw[MapIPCache]},
+		Policy:    &PolicyMap{outer: raw[MapPolicy]},
+		Conntrack: &Conntrack{m: raw[MapCT4]},
+		Metrics:   &Metrics{m: raw[MapMetrics], evstats: raw[MapEvStats]},
+		Config:    &ConfigMap{m: raw[MapConfig]},
+		raw:       raw,
+	}
+}
+
+// Map returns the raw map by pinned name, or nil.
+func (ms *Maps) Map(name string) *ebpf.Map { return ms.raw[name] }
+
+// Pressure reports, for each hash-like map, its current entry count and
+// capacity. Counting walks the map; call it for status, not per packet.
+func (ms *Maps) Pressure() (map[string][2]int, error) {
+	out := map[string][2]int{}
+	for _, name := range []string{MapEndpoints, MapIPCache, MapPolicy, MapCT4, MapFrag4} {
+		m := ms.raw[name]
+		n, err := countEntries(m)
+		if err != nil {
+			return nil, fmt.Errorf("count %s: %w", name, err)
+		}
+		out[name] = [2]int{n, int(m.MaxEntries())}
+	}
+	return out, nil
+}
+
+// Close releases the file descriptors (the pinned maps stay).
+func (ms *Maps) Close() error {
+	closeAll(ms.raw)
+	return nil
+}
+
+func closeAll(raw map[string]*ebpf.Map) {
+	for _, m := range raw {
+		m.Close()
+	}
+}
+
+func countEntries(m *ebpf.Map) (int, error) {
+	var k []byte
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, nil) {
+		n++
+	}
+	return n, it.Err()
+}
+
+// --- endpoints --------------------------------------------------------------
+
+// EndpointInfo is a local endpoint as the datapath sees it.
+type EndpointInfo struct {
+	ID       uint32
+	IfIndex  uint32 // host-side veth
+	Identity Identity
+	Flags    EndpointFlags
+	MAC      net.HardwareAddr // the pod's interface
+	NodeMAC  net.HardwareAddr // the host-side veth
+}
+
+// EndpointMap is the endpoints map: pod IP -> local endpoint.
+type EndpointMap struct{ m *ebpf.Map }
+
+func epKey(ip netip.Addr) endpointKey {
+	b, fam := addrBytes(ip)
+	return endpointKey{Addr: b, Family: fam}
+}
+
+// Upsert creates or replaces the endpoint for ip.
+func (e *EndpointMap) Upsert(ip netip.Addr, info EndpointInfo) error {
+	v := endpointValue{EpID: info.ID, IfIndex: info.IfIndex, Identity: uint32(info.Identity), Flags: uint32(info.Flags)}
+	copy(v.MAC[:], info.MAC)
+	copy(v.NodeMAC[:], info.NodeMAC)
+	if err := e.m.Put(epKey(ip), v); err != nil {
+		return fmt.Errorf("endpoints map: put %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Delete removes the endpoint for ip; a missing entry is not an error.
+func (e *EndpointMap) Delete(ip netip.Addr) error {
+	if err := e.m.Delete(epKey(ip)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("endpoints map: delete %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Lookup returns the endpoint for ip, or ErrNotFound.
+func (e *EndpointMap) Lookup(ip netip.Addr) (EndpointInfo, error) {
+	var v endpointValue
+	if err := e.m.Lookup(epKey(ip), &v); err != nil {
+		return EndpointInfo{}, err
+	}
+	return v.info(), nil
+}
+
+func (v endpointValue) info() EndpointInfo {
+	return EndpointInfo{ID: v.EpID, IfIndex: v.IfIndex, Identity: Identity(v.Identity),
+		Flags: EndpointFlags(v.Flags), MAC: net.HardwareAddr(v.MAC[:]), NodeMAC: net.HardwareAddr(v.NodeMAC[:])}
+}
+
+// List returns every endpoint by IP.
+func (e *EndpointMap) List() (map[netip.Addr]EndpointInfo, error) {
+	out := map[netip.Addr]EndpointInfo{}
+	var k endpointKey
+	var v endpointValue
+	it := e.m.Iterate()
+	for it.Next(&k, &v) {
+		out[addrFrom(k.Addr, k.Family)] = v.info()
+	}
+	return out, it.Err()
+}
+
+// --- ipcache ----------------------------------------------------------------
+
+// IPCacheEntry is what a prefix resolves to.
+type IPCacheEntry struct {
+	Identity Identity
+	// TunnelEndpoint is the underlay address of the node behind which the
+	// prefix lives, for the overlay; invalid when not tunnelled.
+	TunnelEndpoint netip.Addr
+	// LocalEndpoint marks the addresses of this node's endpoints.
+	LocalEndpoint bool
+}
+
+const ipcacheFlagLocalEndpoint = 1 << 0
+
+// IPCache is the ipcache LPM trie: IP prefix -> identity.
+type IPCache struct{ m *ebpf.Map }
+
+func ipcKey(p netip.Prefix) ipcacheKey {
+	p = p.Masked()
+	b, fam := addrBytes(p.Addr())
+	return ipcacheKey{PrefixLen: ipcacheStaticPrefix + uint32(p.Bits()), Family: fam, Addr: b}
+}
+
+// Upsert creates or replaces the entry for prefix.
+func (c *IPCache) Upsert(prefix netip.Prefix, e IPCacheEntry) error {
+	if !prefix.IsValid() {
+		return fmt.Errorf("ipcache: invalid prefix %v", prefix)
+	}
+	v := ipcacheValue{Identity: uint32(e.Identity)}
+	if e.TunnelEndpoint.IsValid() {
+		v.TunnelEndpoint, v.TunnelFamily = addrBytes(e.TunnelEndpoint)
+	}
+	if e.LocalEndpoint {
+		v.Flags |= ipcacheFlagLocalEndpoint
+	}
+	if err := c.m.Put(ipcKey(prefix), v); err != nil {
+		return fmt.Errorf("ipcache: put %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Delete removes the entry for prefix; a missing entry is not an error.
+func (c *IPCache) Delete(prefix netip.Prefix) error {
+	if err := c.m.Delete(ipcKey(prefix)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("ipcache: delete %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Lookup resolves ip by longest-prefix match, as the datapath does. ok is
+// false when no prefix matches (the datapath then uses IdentityWorld).
+func (c *IPCache) Lookup(ip netip.Addr) (e IPCacheEntry, ok bool, err error) {
+	var v ipcacheValue
+	bitsLen := 32
+	if !ip.Unmap().Is4() {
+		bitsLen = 128
+	}
+	err = c.m.Lookup(ipcKey(netip.PrefixFrom(ip.Unmap(), bitsLen)), &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return IPCacheEntry{}, false, nil
+	}
+	if err != nil {
+		return IPCacheEntry{}, false, err
+	}
+	return v.entry(), true, nil
+}
+
+func (v ipcacheValue) entry() IPCacheEntry {
+	e := IPCacheEntry{Identity: Identity(v.Identity), LocalEndpoint: v.Flags&ipcacheFlagLocalEndpoint != 0}
+	if v.TunnelFamily != 0 {
+		e.TunnelEndpoint = addrFrom(v.TunnelEndpoint, v.TunnelFamily)
+	}
+	return e
+}
+
+// List returns every entry by prefix.
+func (c *IPCache) List() (map[netip.Prefix]IPCacheEntry, error) {
+	out := map[netip.Prefix]IPCacheEntry{}
+	var k ipcacheKey
+	var v ipcacheValue
+	it := c.m.Iterate()
+	for it.Next(&k, &v) {
+		addr := addrFrom(k.Addr, k.Family)
+		out[netip.PrefixFrom(addr, int(k.PrefixLen)-ipcacheStaticPrefix)] = v.entry()
+	}
+	return out, it.Err()
+}
+
+// --- runtime configuration ----------------------------------------------------
+
+// ConfigMap holds the datapath's runtime configuration.
+type ConfigMap struct{ m *ebpf.Map }
+
+// Set writes the runtime configuration; programs see it on their next packet.
+func (c *ConfigMap) Set(rc RuntimeConfig) error {
+	v := runtimeConfigValue{EnforcementMode: uint32(rc.Enforcement), Flags: rc.Flags, EventRateLimit: rc.EventRateLimit}
+	if err := c.m.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("config map: %w", err)
+	}
+	return nil
+}
+
+// Get reads the runtime configuration.
+func (c *ConfigMap) Get() (RuntimeConfig, error) {
+	var v runtimeConfigValue
+	if err := c.m.Lookup(uint32(0), &v); err != nil {
+		return RuntimeConfig{}, fmt.Errorf("config map: %w", err)
+	}
+	return RuntimeConfig{Enforcement: EnforcementMode(v.EnforcementMode), Flags: v.Flags, EventRateLimit: v.EventRateLimit}, nil
+}
