@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// CNIInstall describes what the agent installs for the container runtime.
+type CNIInstall struct {
+	ConfDir    string // e.g. /etc/cni/net.d
+	ConfName   string // default 05-sigil.conflist
+	BinDir     string // e.g. /opt/cni/bin
+	BinarySrc  string // the sigil-cni binary to copy ("" = do not install)
+	Socket     string // agent socket the plugin talks to
+	MTU        int
+	CNIVersion string // default 1.1.0
+	NetName    string // default sigil
+	// ChainPortmap appends the standard portmap meta plugin.
+	ChainPortmap bool
+}
+
+// Conflist returns the network configuration list.
+func (c CNIInstall) Conflist() ([]byte, error) {
+	if c.CNIVersion == "" {
+		c.CNIVersion = "1.1.0"
+	}
+	if c.NetName == "" {
+		c.NetName = "sigil"
+	}
+	plugin := map[string]any{"type": "sigil-cni", "socket": c.Socket}
+	if c.MTU > 0 {
+		plugin["mtu"] = c.MTU
+	}
+	plugins := []any{plugin}
+	if c.ChainPortmap {
+		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}})
+	}
+	return json.MarshalIndent(map[string]any{
+		"cniVersion": c.CNIVersion,
+		"name":       c.NetName,
+		"plugins":    plugins,
+	}, "", "  ")
+}
+
+// Install copies the binary (first, so the config never names a missing
+// plugin) and writes the conflist, each atomically.
+func (c CNIInstall) Install() error {
+	if c.BinarySrc != "" && c.BinDir != "" {
+		if err := os.MkdirAll(c.BinDir, 0o755); err != nil {
+			return err
+		}
+		if err := CopyFileAtomic(c.BinarySrc, filepath.Join(c.BinDir, "sigil-cni"), 0o755); err != nil {
+			return fmt.Errorf("install sigil-cni into %s: %w", c.BinDir, err)
+		}
+	}
+	if c.ConfDir != "" {
+		if c.ConfName == "" {
+			c.ConfName = "05-sigil.conflist"
+		}
+		data, err := c.Conflist()
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(c.ConfDir, 0o755); err != nil {
+			return err
+		}
+		if err := WriteFileAtomic(filepath.Join(c.ConfDir, c.ConfName), append(data, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write CNI config: %w", err)
+		}
+	}
+	return nil
+}
