@@ -194,7 +194,7 @@ func TestPolicyVerdicts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := setup(t, tc.flags, tc.rc)
 			if tc.entries != nil {
-				h.Policy(epA, tc.entries)
+				h.SetPolicy(epA, tc.entries)
 			}
 			for _, f := range tc.flows {
 				res := h.Run(f.dir, f.pkt)
@@ -247,7 +247,7 @@ func TestConntrack(t *testing.T) {
 	dt.RequireBPF(t)
 	enforceBoth := datapath.EndpointEnforceIngress | datapath.EndpointEnforceEgress
 	h := setup(t, enforceBoth, datapath.RuntimeConfig{Flags: datapath.ConfigTraceNewFlows})
-	h.Policy(epA, entries(allow(idB, datapath.Egress, tcp, 80, 16), allow(idB, datapath.Egress, datapath.ProtoICMP, 8<<8, 8)))
+	h.SetPolicy(epA, entries(allow(idB, datapath.Egress, tcp, 80, 16), allow(idB, datapath.Egress, datapath.ProtoICMP, 8<<8, 8)))
 
 	syn := tcpSyn(ipA, ipB, 80)
 	if r := h.Run(datapath.Egress, syn); !r.Allowed() || r.Event == nil || r.Event.Type != datapath.EventPolicyVerdict {
@@ -305,7 +305,7 @@ func TestConntrack(t *testing.T) {
 
 	// A policy change that now denies the flow cuts it once its entries are
 	// flushed: the next packet is judged as new.
-	h.Policy(epA, entries0())
+	h.SetPolicy(epA, entries0())
 	if n, err := h.Conntrack.FlushAddr(ipA); err != nil || n == 0 {
 		t.Fatalf("flush: %d, %v", n, err)
 	}
@@ -319,7 +319,7 @@ func entries0() datapath.PolicyMapEntries { return datapath.PolicyMapEntries{} }
 func TestMalformedAndSpecialPackets(t *testing.T) {
 	dt.RequireBPF(t)
 	h := setup(t, datapath.EndpointEnforceEgress, datapath.RuntimeConfig{})
-	h.Policy(epA, entries(allow(idB, datapath.Egress, udp, 53, 16)))
+	h.SetPolicy(epA, entries(allow(idB, datapath.Egress, udp, 53, 16)))
 
 	good := dt.Packet{Src: ipA, Dst: ipB, Proto: 17, SrcPort: 5353, DstPort: 53}
 	frame := good.Bytes()

@@ -153,8 +153,8 @@ func (h *Harness) Peer(prefix string, identity datapath.Identity) {
 	}
 }
 
-// Policy installs exactly entries as the endpoint's policy map.
-func (h *Harness) Policy(epID uint32, entries datapath.PolicyMapEntries) {
+// SetPolicy installs exactly entries as the endpoint's policy map.
+func (h *Harness) SetPolicy(epID uint32, entries datapath.PolicyMapEntries) {
 	h.t.Helper()
 	if _, err := h.Datapath.Policy.Sync(epID, entries); err != nil {
 		h.t.Fatal(err)
