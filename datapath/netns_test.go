@@ -13,9 +13,7 @@ import (
 	"github.com/sigil-net/sigil/internal/testnet"
 )
 
-// node is a node namespace with pods on veths, as the CNI would wire them:
-// each pod has its /32 on eth0 and a default route via the node's gateway
-// address; the node routes each pod /32 to its host-side veth.
+// node is a testnet.Node with the identities and endpoint IDs of its pods.
 type node struct {
 	ns   *testnet.NS
 	pods []*pod
@@ -34,23 +32,19 @@ const gateway = "198.18.10.1"
 
 func newNode(t *testing.T, n int) *node {
 	t.Helper()
-	nd := &node{ns: testnet.NewNS(t, "sgnode")}
-	nd.ns.MustRun(t, "ip", "addr", "add", gateway+"/32", "dev", "lo")
-	nd.ns.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-	nd.ns.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	tn, err := testnet.CreateNode(netip.MustParseAddr(gateway))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tn.Delete() })
+	nd := &node{ns: tn.NS}
 	for i := 1; i <= n; i++ {
-		p := &pod{ns: testnet.NewNS(t, "sgpod"), ip: netip.MustParseAddr(fmt.Sprintf("198.18.10.%d", 10+i)),
-			hostIf: fmt.Sprintf("lxc%d", i), identity: datapath.Identity(1000 + i), epID: uint32(i)}
-		p.ns.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-		testnet.Veth(t, nd.ns, p.hostIf, p.ns, "eth0")
-		p.ns.MustRun(t, "ip", "addr", "add", p.ip.String()+"/32", "dev", "eth0")
-		p.ns.MustRun(t, "ip", "route", "add", gateway, "dev", "eth0", "scope", "link")
-		p.ns.MustRun(t, "ip", "route", "add", "default", "via", gateway)
-		p.ns.MustRun(t, "ip", "neigh", "add", gateway, "lladdr", nd.ns.MAC(t, p.hostIf), "dev", "eth0", "nud", "permanent")
-		nd.ns.MustRun(t, "ip", "route", "add", p.ip.String()+"/32", "dev", p.hostIf)
-		nd.ns.MustRun(t, "ip", "neigh", "add", p.ip.String(), "lladdr", p.ns.MAC(t, "eth0"), "dev", p.hostIf, "nud", "permanent")
-		p.ifIndex = nd.ns.IfIndex(t, p.hostIf)
-		nd.pods = append(nd.pods, p)
+		tp, err := tn.AddPod(netip.MustParseAddr(fmt.Sprintf("198.18.10.%d", 10+i)), fmt.Sprintf("lxc%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd.pods = append(nd.pods, &pod{ns: tp.NS, ip: tp.IP, hostIf: tp.HostIf, ifIndex: tp.IfIndex,
+			identity: datapath.Identity(1000 + i), epID: uint32(i)})
 	}
 	return nd
 }

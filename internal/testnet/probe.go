@@ -13,14 +13,6 @@ import (
 	"time"
 )
 
-func netInterfaceByName(name string) (int, error) {
-	ifc, err := net.InterfaceByName(name)
-	if err != nil {
-		return 0, err
-	}
-	return ifc.Index, nil
-}
-
 // Server is a TCP and UDP echo server in a namespace.
 type Server struct {
 	tcp  net.Listener

@@ -44,17 +44,38 @@ func Unique(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// NewNS makes a namespace named prefix+random, with loopback up, and deletes
-// it at test end.
-func NewNS(t testing.TB, prefix string) *NS {
-	t.Helper()
+// CreateNS makes a namespace named prefix+random with loopback up. The
+// caller deletes it with Delete.
+func CreateNS(prefix string) (*NS, error) {
 	name := Unique(prefix)
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+		return nil, fmt.Errorf("ip netns add %s: %w: %s", name, err, out)
 	}
 	n := &NS{Name: name, Path: filepath.Join("/var/run/netns", name)}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	n.MustRun(t, "ip", "link", "set", "lo", "up")
+	if _, err := n.Run("ip", "link", "set", "lo", "up"); err != nil {
+		n.Delete()
+		return nil, err
+	}
+	return n, nil
+}
+
+// Delete removes the namespace; its interfaces go with it.
+func (n *NS) Delete() error {
+	if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns del %s: %w: %s", n.Name, err, out)
+	}
+	return nil
+}
+
+// NewNS is CreateNS for a test: it fails the test on error and deletes the
+// namespace at test end.
+func NewNS(t testing.TB, prefix string) *NS {
+	t.Helper()
+	n, err := CreateNS(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Delete() })
 	return n
 }
 
@@ -112,44 +133,69 @@ func (n *NS) Do(fn func() error) error {
 	return <-errc
 }
 
-// Veth creates a veth pair with one end, aName, in a and the other, bName,
-// in b, both up.
-func Veth(t testing.TB, a *NS, aName string, b *NS, bName string) {
-	t.Helper()
-	a.MustRun(t, "ip", "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name)
-	a.MustRun(t, "ip", "link", "set", aName, "up")
-	b.MustRun(t, "ip", "link", "set", bName, "up")
+// CreateVeth creates a veth pair with one end, aName, in a and the other,
+// bName, in b, both up.
+func CreateVeth(a *NS, aName string, b *NS, bName string) error {
+	if _, err := a.Run("ip", "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name); err != nil {
+		return err
+	}
+	if _, err := a.Run("ip", "link", "set", aName, "up"); err != nil {
+		return err
+	}
+	_, err := b.Run("ip", "link", "set", bName, "up")
+	return err
 }
 
-// IfIndex returns the index of an interface in the namespace.
-func (n *NS) IfIndex(t testing.TB, name string) int {
+// Veth is CreateVeth that fails the test on error.
+func Veth(t testing.TB, a *NS, aName string, b *NS, bName string) {
 	t.Helper()
+	if err := CreateVeth(a, aName, b, bName); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// InterfaceIndex returns the index of an interface in the namespace.
+func (n *NS) InterfaceIndex(name string) (int, error) {
 	var idx int
 	err := n.Do(func() error {
-		l, err := netInterfaceByName(name)
-		idx = l
+		ifc, err := net.InterfaceByName(name)
+		if err == nil {
+			idx = ifc.Index
+		}
 		return err
 	})
+	return idx, err
+}
+
+// HardwareAddr returns the MAC of an interface in the namespace.
+func (n *NS) HardwareAddr(name string) (net.HardwareAddr, error) {
+	var mac net.HardwareAddr
+	err := n.Do(func() error {
+		ifc, err := net.InterfaceByName(name)
+		if err == nil {
+			mac = ifc.HardwareAddr
+		}
+		return err
+	})
+	return mac, err
+}
+
+// IfIndex is InterfaceIndex that fails the test on error.
+func (n *NS) IfIndex(t testing.TB, name string) int {
+	t.Helper()
+	idx, err := n.InterfaceIndex(name)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("ifindex of %s in %s: %v", name, n.Name, err)
 	}
 	return idx
 }
 
-// MAC returns the hardware address of an interface in the namespace.
+// MAC is HardwareAddr as a string that fails the test on error.
 func (n *NS) MAC(t testing.TB, name string) string {
 	t.Helper()
-	var mac string
-	err := n.Do(func() error {
-		ifc, err := net.InterfaceByName(name)
-		if err != nil {
-			return err
-		}
-		mac = ifc.HardwareAddr.String()
-		return nil
-	})
+	mac, err := n.HardwareAddr(name)
 	if err != nil {
 		t.Fatalf("MAC of %s in %s: %v", name, n.Name, err)
 	}
-	return mac
+	return mac.String()
 }
