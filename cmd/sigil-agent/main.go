@@ -1,0 +1,161 @@
+// Command sigil-agent is Sigil's node agent: it loads the datapath, manages
+// the node's endpoints, serves the local API for sigil-cni and installs the
+// CNI plugin and its configuration.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/sigil-net/sigil/agent"
+	"github.com/sigil-net/sigil/agent/apitypes"
+	"github.com/sigil-net/sigil/datapath"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "sigil-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		pinDir      = flag.String("pin-dir", "/sys/fs/bpf/sigil", "bpffs directory for pinned maps and links")
+		stateDir    = flag.String("state-dir", "/var/lib/sigil", "state directory (IPAM store, endpoints, identities)")
+		socket      = flag.String("socket", apitypes.DefaultSocket, "local API unix socket")
+		podCIDR     = flag.String("pod-cidr", "", "this node's IPv4 pod CIDR (required)")
+		gateway     = flag.String("gateway", "", "pod gateway address (default: first address of the pod CIDR)")
+		confDir     = flag.String("cni-conf-dir", "/etc/cni/net.d", "where to write the CNI conflist (empty: do not write)")
+		confName    = flag.String("cni-conf-name", "05-sigil.conflist", "CNI conflist file name")
+		binDir      = flag.String("cni-bin-dir", "/opt/cni/bin", "where to install sigil-cni (empty: do not install)")
+		cniBinary   = flag.String("cni-binary", "", "the sigil-cni binary to install (default: sigil-cni next to this executable)")
+		mtu         = flag.Int("mtu", 1500, "pod interface MTU written to the CNI config")
+		chainPM     = flag.Bool("cni-chain-portmap", false, "append the portmap plugin to the conflist")
+		dpMode      = flag.String("datapath", "bpf", "datapath: bpf, or none (in-memory, for tests without BPF)")
+		attachMode  = flag.String("attach-mode", "auto", "program attachment: auto, tcx or tc")
+		enforcement = flag.String("enforcement", "default", "policy enforcement mode: default, always or never")
+		labelsDir   = flag.String("labels-dir", "", "optional directory of <namespace>/<pod>.json label files")
+		ipForward   = flag.Bool("enable-ipv4-forwarding", false, "set net.ipv4.ip_forward=1 in the agent's network namespace")
+		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
+	)
+	flag.Parse()
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(log)
+
+	if *podCIDR == "" {
+		return fmt.Errorf("--pod-cidr is required")
+	}
+	cidr, err := netip.ParsePrefix(*podCIDR)
+	if err != nil || !cidr.Addr().Is4() {
+		return fmt.Errorf("--pod-cidr %q: want an IPv4 CIDR such as 198.18.1.0/24", *podCIDR)
+	}
+	var gw netip.Addr
+	if *gateway != "" {
+		if gw, err = netip.ParseAddr(*gateway); err != nil {
+			return fmt.Errorf("--gateway: %w", err)
+		}
+	}
+	if *ipForward {
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable ip_forward: %w", err)
+		}
+	}
+
+	var dp agent.Datapath
+	switch *dpMode {
+	case "bpf":
+		mode, err := datapath.ParseEnforcementMode(*enforcement)
+		if err != nil {
+			return err
+		}
+		d, err := datapath.Load(datapath.Config{PinDir: *pinDir, AttachMode: datapath.AttachMode(*attachMode), Logger: log})
+		if err != nil {
+			return err
+		}
+		if err := d.SetRuntimeConfig(datapath.RuntimeConfig{Enforcement: mode,
+			Flags: datapath.ConfigAllowHostIngress | datapath.ConfigTraceNewFlows}); err != nil {
+			d.Close()
+			return err
+		}
+		dp = agent.NewBPFDatapath(d)
+	case "none":
+		dp = agent.NewMemDatapath()
+	default:
+		return fmt.Errorf("--datapath %q: want bpf or none", *dpMode)
+	}
+	defer dp.Close()
+
+	cfg := agent.Config{StateDir: *stateDir, PodCIDR: cidr, Gateway: gw, Datapath: dp,
+		Labels: agent.RequestLabels{Dir: *labelsDir}, Logger: log}
+	if os.Getenv("SIGIL_AGENT_FAULT") == "crash-after-ipam" {
+		// Test-only fault injection: die after the address is committed and
+		// before any map is written.
+		cfg.AfterIPAM = func(*apitypes.Endpoint) {
+			log.Warn("fault injection: killing the agent after IPAM")
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	m, err := agent.NewManager(cfg)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+
+	ln, err := agent.Listen(*socket)
+	if err != nil {
+		return err
+	}
+	srv := agent.NewServer(m, log)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	// Readiness follows restore; the API answers not_ready until then.
+	start := time.Now()
+	if err := m.Restore(); err != nil {
+		return fmt.Errorf("restore endpoints: %w", err)
+	}
+	log.Info("restored", "took", time.Since(start).String())
+
+	src := *cniBinary
+	if src == "" && *binDir != "" {
+		if exe, err := os.Executable(); err == nil {
+			src = filepath.Join(filepath.Dir(exe), "sigil-cni")
+		}
+	}
+	inst := agent.CNIInstall{ConfDir: *confDir, ConfName: *confName, BinDir: *binDir, BinarySrc: src,
+		Socket: *socket, MTU: *mtu, ChainPortmap: *chainPM}
+	if err := inst.Install(); err != nil {
+		return err
+	}
+	log.Info("sigil-agent ready", "socket", *socket, "podCIDR", cidr.String(), "datapath", *dpMode,
+		"cniConf", filepath.Join(*confDir, *confName))
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case s := <-sig:
+		log.Info("shutting down; endpoints and datapath stay in place", "signal", s.String())
+	case err := <-errc:
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	os.Remove(*socket)
+	return nil
+}
