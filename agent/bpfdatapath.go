@@ -60,13 +60,27 @@ func (b *BPFDatapath) ListLocalIPCache() ([]netip.Prefix, error) {
 }
 
 // SyncPolicy is the policy engine's hook: until it exists, no policy
-// selects an endpoint and its policy map is empty.
+// selects an endpoint and its desired policy is empty. An empty policy map
+// is not created: every write to the map-in-map outer map waits for an RCU
+// grace period (~10-20 ms here), and the datapath treats a missing map like
+// an empty one (drop when enforcing, with reason "no policy map"; never
+// consulted when not enforcing).
 func (b *BPFDatapath) SyncPolicy(epID uint32) error {
+	if !b.DP.Policy.Has(epID) {
+		return nil
+	}
 	_, err := b.DP.Policy.Sync(epID, datapath.PolicyMapEntries{})
 	return err
 }
 
-func (b *BPFDatapath) RemovePolicy(epID uint32) error { return b.DP.Policy.Remove(epID) }
+// RemovePolicy deletes the endpoint's policy map if it has one (a delete
+// of a missing key would still wait for an RCU grace period).
+func (b *BPFDatapath) RemovePolicy(epID uint32) error {
+	if !b.DP.Policy.Has(epID) {
+		return nil
+	}
+	return b.DP.Policy.Remove(epID)
+}
 
 func (b *BPFDatapath) PolicyEndpoints() ([]uint32, error) { return b.DP.Policy.Endpoints() }
 

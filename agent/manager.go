@@ -253,6 +253,7 @@ func (m *Manager) create(req apitypes.EndpointRequest, keepID uint32) (_ *apityp
 		}
 	}()
 
+	t0 := time.Now()
 	alloc, err := m.store.Allocate(m.pool, owner)
 	if err != nil {
 		if errors.Is(err, ipam.ErrExhausted) {
@@ -294,15 +295,18 @@ func (m *Manager) create(req apitypes.EndpointRequest, keepID uint32) (_ *apityp
 		m.cfg.AfterIPAM(ep)
 	}
 	undo = append(undo, func() { m.teardownDatapath(ep) })
+	t1 := time.Now()
 	if err := m.applyDatapath(ep); err != nil {
 		return nil, err
 	}
+	t2 := time.Now()
 	if err := m.saveState(ep); err != nil {
 		return nil, errf(apitypes.CodeInternal, "persist endpoint: %v", err)
 	}
 	m.eps[epKey{ep.ContainerID, ep.IfName}] = ep
 	m.log.Info("endpoint created", "id", ep.ID, "container", ep.ContainerID, "if", ep.IfName,
-		"ip", alloc.IP, "identity", identity, "hostIf", ep.HostIfName, "pod", ep.PodNamespace+"/"+ep.PodName)
+		"ip", alloc.IP, "identity", identity, "hostIf", ep.HostIfName, "pod", ep.PodNamespace+"/"+ep.PodName,
+		"ipamTook", t1.Sub(t0).String(), "datapathTook", t2.Sub(t1).String(), "stateTook", time.Since(t2).String())
 	return ep, nil
 }
 

@@ -88,11 +88,12 @@ type node struct {
 	cniBin   string
 	cacheDir string
 	agent    *exec.Cmd
+	extra    []string // extra agent flags
 	agentLog *os.File
 	cfg      *libcni.CNIConfig
 }
 
-func newNode(t *testing.T, podCIDR string) *node {
+func newNode(t *testing.T, podCIDR string, extra ...string) *node {
 	t.Helper()
 	dir := t.TempDir()
 	n := &node{t: t, podCIDR: podCIDR,
@@ -103,6 +104,7 @@ func newNode(t *testing.T, podCIDR string) *node {
 		confDir:  filepath.Join(dir, "net.d"),
 		cniBin:   filepath.Join(dir, "bin"),
 		cacheDir: filepath.Join(dir, "cache"),
+		extra:    extra,
 	}
 	t.Cleanup(func() { os.RemoveAll(n.pinDir) })
 	n.ns.MustRun(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
@@ -125,6 +127,7 @@ func (n *node) startAgent(env []string) {
 		"--pin-dir", n.pinDir, "--state-dir", n.stateDir, "--socket", n.socket,
 		"--pod-cidr", n.podCIDR, "--cni-conf-dir", n.confDir, "--cni-bin-dir", n.cniBin,
 		"--cni-binary", filepath.Join(binDir, "sigil-cni"), "--log-level", "info")
+	cmd.Args = append(cmd.Args, n.extra...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = n.agentLog, n.agentLog
 	if err := cmd.Start(); err != nil {
@@ -204,7 +207,7 @@ type pod struct {
 func (n *node) newPod(t *testing.T, cid string) *pod {
 	p := &pod{ns: testnet.NewNS(t, "sgp")}
 	p.rt = &libcni.RuntimeConf{ContainerID: cid, NetNS: p.ns.Path, IfName: "eth0",
-		Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", cid}, {"K8S_POD_UID", "uid-" + cid}}}
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", cid}, {"K8S_POD_UID", "uid-" + cid}}}
 	return p
 }
 
