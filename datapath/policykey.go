@@ -82,13 +82,35 @@ func (k PolicyKey) String() string {
 	switch {
 	case k.Protocol == ProtoAny:
 		return fmt.Sprintf("%s %s any protocol", k.Direction, peer)
+	case k.Protocol == ProtoICMP && k.PortPrefixLen >= 8:
+		if k.PortPrefixLen == 16 {
+			return fmt.Sprintf("%s %s ICMP type %d code %d", k.Direction, peer, k.Port>>8, k.Port&0xff)
+		}
+		return fmt.Sprintf("%s %s ICMP type %d", k.Direction, peer, k.Port>>8)
 	case k.PortPrefixLen == 0:
-		return fmt.Sprintf("%s %s proto %d any port", k.Direction, peer, k.Protocol)
+		return fmt.Sprintf("%s %s %s any port", k.Direction, peer, ProtoName(k.Protocol))
 	case k.PortPrefixLen == 16:
-		return fmt.Sprintf("%s %s proto %d port %d", k.Direction, peer, k.Protocol, k.Port)
+		return fmt.Sprintf("%s %s %s port %d", k.Direction, peer, ProtoName(k.Protocol), k.Port)
 	}
 	hi := k.Port | ^portMask(k.PortPrefixLen)
-	return fmt.Sprintf("%s %s proto %d ports %d-%d", k.Direction, peer, k.Protocol, k.Port, hi)
+	return fmt.Sprintf("%s %s %s ports %d-%d", k.Direction, peer, ProtoName(k.Protocol), k.Port, hi)
+}
+
+// ProtoName names an IP protocol number.
+func ProtoName(p uint8) string {
+	switch p {
+	case ProtoAny:
+		return "any"
+	case ProtoICMP:
+		return "ICMP"
+	case ProtoTCP:
+		return "TCP"
+	case ProtoUDP:
+		return "UDP"
+	case ProtoSCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("proto %d", p)
 }
 
 func portMask(prefix uint8) uint16 {

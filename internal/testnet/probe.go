@@ -15,31 +15,42 @@ import (
 
 // Server is a TCP and UDP echo server in a namespace.
 type Server struct {
-	tcp  net.Listener
-	udp  net.PacketConn
-	wg   sync.WaitGroup
-	addr string
+	tcp net.Listener
+	udp net.PacketConn
+	wg  sync.WaitGroup
 }
 
-// Serve starts echo servers on addr (ip:port) for TCP and UDP in the
-// namespace and stops them at test end.
-func (n *NS) Serve(t testing.TB, addr string) *Server {
-	t.Helper()
-	s := &Server{addr: addr}
+// StartServer starts TCP and UDP echo servers on addr (ip:port) in the
+// namespace. Close stops them.
+func (n *NS) StartServer(addr string) (*Server, error) {
+	s := &Server{}
 	err := n.Do(func() error {
 		var err error
 		if s.tcp, err = net.Listen("tcp4", addr); err != nil {
 			return err
 		}
-		s.udp, err = net.ListenPacket("udp4", addr)
+		if s.udp, err = net.ListenPacket("udp4", addr); err != nil {
+			s.tcp.Close()
+		}
 		return err
 	})
 	if err != nil {
-		t.Fatalf("serve %s in %s: %v", addr, n.Name, err)
+		return nil, fmt.Errorf("serve %s in %s: %w", addr, n.Name, err)
 	}
 	s.wg.Add(2)
 	go s.acceptLoop()
 	go s.udpLoop()
+	return s, nil
+}
+
+// Serve is StartServer for a test: it fails the test on error and stops the
+// servers at test end.
+func (n *NS) Serve(t testing.TB, addr string) *Server {
+	t.Helper()
+	s, err := n.StartServer(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(s.Close)
 	return s
 }
