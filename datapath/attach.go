@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -108,21 +109,34 @@ func (d *Datapath) inNetNS(fn func() error) error {
 // veth ifName (ifIndex in the node's namespace). It is idempotent: existing
 // attachments are updated to this process's programs, so an agent restart or
 // upgrade swaps programs without a gap.
+//
+// In TCX mode both hooks are attached concurrently: each TCX attach waits for
+// an RCU grace period in the kernel (~10 ms here), and the two waits overlap.
 func (d *Datapath) AttachEndpoint(ifName string, ifIndex int) error {
-	return d.inNetNS(func() error {
-		for _, h := range endpointHooks {
-			var err error
-			if d.mode == AttachTCX {
-				err = d.attachTCX(ifName, ifIndex, h)
-			} else {
-				err = d.attachTC(ifName, ifIndex, h)
-			}
-			if err != nil {
-				return fmt.Errorf("attach %s to %s (%s): %w", h.prog(d).String(), ifName, d.mode, err)
-			}
+	attach := d.attachTC
+	if d.mode == AttachTCX {
+		attach = d.attachTCX
+	}
+	errs := make([]error, len(endpointHooks))
+	var wg sync.WaitGroup
+	for i, h := range endpointHooks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = d.inNetNS(func() error {
+				if err := attach(ifName, ifIndex, h); err != nil {
+					return fmt.Errorf("attach %s to %s (%s): %w", h.prog(d).String(), ifName, d.mode, err)
+				}
+				return nil
+			})
+		}()
+		if d.mode != AttachTCX {
+			// tc changes go through one qdisc: keep them in order.
+			wg.Wait()
 		}
-		return nil
-	})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (d *Datapath) attachTCX(ifName string, ifIndex int, h hook) error {
