@@ -14,6 +14,7 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/events.h"
+#include "lib/metrics.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -82,27 +83,46 @@ func (d *Datapath) linkPin(ifName, suffix string) string {
 }
 
 // inNetNS runs fn on a locked OS thread in the configured namespace.
-func (d *Datapath) inNetNS(fn func() error) error {
-	if d.cfg.NetNS == "" {
+func (d *Datapath) inNetNS(fn func() error) error { return inNetNS(d.cfg.NetNS, fn) }
+
+// inNetNS runs fn on a locked OS thread switched into the namespace at path,
+// or directly when path is empty.
+func inNetNS(path string, fn func() error) error {
+	if path == "" {
 		return fn()
 	}
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
+		runtime.UnlockOSThread()
 		return err
 	}
 	defer orig.Close()
-	target, err := netns.GetFromPath(d.cfg.NetNS)
+	target, err := netns.GetFromPath(path)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", d.cfg.NetNS, err)
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer target.Close()
 	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter netns %s: %w", d.cfg.NetNS, err)
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns %s: %w", path, err)
 	}
-	defer netns.Set(orig)
-	return fn()
+	err = fn()
+	// A thread that cannot be switched back stays locked, so the runtime
+	// discards it instead of running other goroutines in the wrong namespace.
+	if netns.Set(orig) == nil {
+		runtime.UnlockOSThread()
+	}
+	return err
+}
+
+func interfaceIndex(name string) (int, error) {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("interface %s: %w", name, err)
+	}
+	return ifc.Index, nil
 }
 
 // AttachEndpoint attaches from-container and to-container to the host-side

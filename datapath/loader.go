@@ -77,7 +77,7 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 	applySizes(spec, &cfg)
 
-	old, err := retirePinnedMaps(spec, cfg.PinDir, log)
+	old, err := retirePinnedMaps(spec, cfg.PinDir, pinnedMaps, log)
 	if err != nil {
 		return nil, err
 	}
@@ -131,9 +131,9 @@ func applySizes(spec *ebpf.CollectionSpec, cfg *Config) {
 
 // retirePinnedMaps unpins maps whose pinned layout differs from spec, and
 // returns them (still open) so their entries can be carried over.
-func retirePinnedMaps(spec *ebpf.CollectionSpec, pinDir string, log *slog.Logger) (map[string]*ebpf.Map, error) {
+func retirePinnedMaps(spec *ebpf.CollectionSpec, pinDir string, names []string, log *slog.Logger) (map[string]*ebpf.Map, error) {
 	old := map[string]*ebpf.Map{}
-	for _, name := range pinnedMaps {
+	for _, name := range names {
 		path := filepath.Join(pinDir, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {

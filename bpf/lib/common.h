@@ -89,6 +89,12 @@ enum sigil_enforcement {
 #define CFG_ALLOW_HOST_INGRESS (1U << 0) /* the node (identity host) may always reach its pods */
 #define CFG_TRACE_NEW_FLOWS    (1U << 1) /* emit a policy-verdict event for each allowed new flow */
 
+/* An address of either family; IPv4 uses the first four bytes. */
+union sigil_addr {
+	__be32 ip4;
+	__u32 ip6[4];
+};
+
 /* Runtime configuration, the one entry of the sigil_config map. */
 struct runtime_config {
 	__u32 enforcement_mode;

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Flow events and per-CPU counters. Drops are always reported; allowed
+/* Flow events, shared by every program through the pinned ring buffer. Drops are always reported; allowed
  * flows are reported once, when their conntrack entry is created, and only
  * up to sigil_config.event_rate_limit per second per CPU. Events that do not
  * fit in the ring buffer are counted in sigil_evstats, never hidden. */
 #ifndef SIGIL_EVENTS_H
 #define SIGIL_EVENTS_H
 
-#include "maps.h"
+#include "common.h"
+#include "reasons.h"
 
 enum sigil_event_type {
 	EVENT_POLICY_VERDICT = 1, /* a new flow was judged and allowed */
@@ -85,16 +86,6 @@ static __always_inline void evstat_inc(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&sigil_evstats, &idx);
 	if (v)
 		*v += 1;
-}
-
-static __always_inline void metrics_count(__u8 reason, __u8 dir, __u32 len)
-{
-	__u32 idx = ((__u32)reason << 1) | (dir & 1);
-	struct metrics_value *m = bpf_map_lookup_elem(&sigil_metrics, &idx);
-	if (m) {
-		m->packets += 1;
-		m->bytes += len;
-	}
 }
 
 /* rate_allow reports whether one more allowed-flow event fits in this CPU's

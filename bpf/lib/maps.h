@@ -10,11 +10,6 @@
 #include "common.h"
 #include "reasons.h"
 
-union sigil_addr {
-	__be32 ip4;
-	__u32 ip6[4];
-};
-
 /* --- endpoints: pod IP -> local endpoint ------------------------------ */
 
 struct endpoint_key {
@@ -208,24 +203,6 @@ struct {
 	__uint(max_entries, 8192);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sigil_frag4 SEC(".maps");
-
-/* --- metrics: per-CPU counters by reason and direction ---------------- */
-
-struct metrics_value {
-	__u64 packets;
-	__u64 bytes;
-};
-
-/* Index = reason << 1 | direction. */
-#define METRICS_MAX 256
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct metrics_value);
-	__uint(max_entries, METRICS_MAX);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sigil_metrics SEC(".maps");
 
 /* --- runtime configuration -------------------------------------------- */
 
