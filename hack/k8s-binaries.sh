@@ -113,11 +113,13 @@ on_exit() {
 	local rc=$?
 	rm -rf "$tmp_dir" "$bin_dir"/.*.tmp."$$"
 	if ((rc != 0)) && [[ -n $current ]]; then
-		echo "$current: BUILD FAILED (exit $rc)" >&2
+		echo "$current: BUILD FAILED or interrupted (exit $rc)" >&2
 	fi
 	exit "$rc"
 }
 trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 log() { echo "$*" >&2; }
 
