@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sigil-net/sigil/agent/apitypes"
+	"github.com/sigil-net/sigil/agent/metrics"
 )
 
 // Server serves the local API on a unix socket.
@@ -21,6 +22,7 @@ type Server struct {
 	log *slog.Logger
 	srv *http.Server
 	ln  net.Listener
+	obs observeState // observability routes (observe.go)
 }
 
 // Listen creates the socket (directory 0700, socket 0600, root only),
@@ -62,10 +64,11 @@ func NewServer(m *Manager, log *slog.Logger) *Server {
 	mux.HandleFunc("GET /v1/endpoints", s.listEndpoints)
 	mux.HandleFunc("POST /v1/gc", s.gc)
 	mux.HandleFunc("GET /v1/ipam", s.listIPAM)
+	s.routeObservability(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, apitypes.CodeNotFound, fmt.Sprintf("no route %s %s (API %s)", r.Method, r.URL.Path, apitypes.Version))
 	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: metrics.Instrument(mux), ReadHeaderTimeout: 10 * time.Second}
 	return s
 }
 

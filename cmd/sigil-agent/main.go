@@ -17,6 +17,8 @@ import (
 
 	"github.com/sigil-net/sigil/agent"
 	"github.com/sigil-net/sigil/agent/apitypes"
+	"github.com/sigil-net/sigil/agent/flows"
+	"github.com/sigil-net/sigil/agent/metrics"
 	"github.com/sigil-net/sigil/datapath"
 )
 
@@ -46,6 +48,8 @@ func run() error {
 		labelsDir   = flag.String("labels-dir", "", "optional directory of <namespace>/<pod>.json label files")
 		ipForward   = flag.Bool("enable-ipv4-forwarding", false, "set net.ipv4.ip_forward=1 in the agent's network namespace")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
+		metricsAddr = flag.String("metrics-address", metrics.DefaultAddress, "address to serve Prometheus metrics on (/metrics); empty disables")
+		flowBuffer  = flag.Int("flow-buffer", flows.DefaultCapacity, "flows kept in memory for sigil observe --last")
 	)
 	flag.Parse()
 
@@ -76,6 +80,7 @@ func run() error {
 	}
 
 	var dp agent.Datapath
+	var bpfDP *datapath.Datapath
 	switch *dpMode {
 	case "bpf":
 		mode, err := datapath.ParseEnforcementMode(*enforcement)
@@ -92,6 +97,7 @@ func run() error {
 			return err
 		}
 		dp = agent.NewBPFDatapath(d)
+		bpfDP = d
 	case "none":
 		dp = agent.NewMemDatapath()
 	default:
@@ -121,6 +127,11 @@ func run() error {
 		return err
 	}
 	srv := agent.NewServer(m, log)
+	obsCtx, stopObs := context.WithCancel(context.Background())
+	defer stopObs()
+	if err := startObservability(obsCtx, srv, m, bpfDP, *dpMode, *pinDir, *flowBuffer, *metricsAddr, log); err != nil {
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 
@@ -157,5 +168,37 @@ func run() error {
 	defer cancel()
 	srv.Shutdown(ctx)
 	os.Remove(*socket)
+	return nil
+}
+
+// startObservability starts the flow pipeline on the datapath's event ring
+// buffer, serves flows and status on the API, and Prometheus metrics on
+// metricsAddr, until ctx is done.
+func startObservability(ctx context.Context, srv *agent.Server, m *agent.Manager, d *datapath.Datapath,
+	dpMode, pinDir string, flowBuffer int, metricsAddr string, log *slog.Logger) error {
+	obs := agent.Observability{DatapathMode: dpMode, PinDir: pinDir, Started: time.Now()}
+	var pipe *flows.Pipeline
+	if d != nil {
+		obs.Maps, obs.DatapathMode = d.Maps, string(d.Mode())
+		rd, err := d.NewEventReader()
+		if err != nil {
+			return err
+		}
+		pipe = flows.New(flows.Config{Capacity: flowBuffer, Resolver: agent.NewFlowResolver(m, srv.PolicyView),
+			Lost: d.Metrics.Events, Logger: log})
+		go pipe.Run(ctx, rd)
+		obs.Flows = pipe
+	}
+	srv.SetObservability(obs)
+	if metricsAddr == "" {
+		return nil
+	}
+	reg := metrics.NewRegistry(metrics.Sources{Maps: obs.Maps, Flows: pipe, Logger: log,
+		Endpoints: func() int { return len(m.List()) }, Identities: srv.IdentityCount})
+	addr, err := metrics.Serve(ctx, metricsAddr, reg, log)
+	if err != nil {
+		return fmt.Errorf("--metrics-address %s: %w", metricsAddr, err)
+	}
+	log.Info("serving metrics", "address", addr.String())
 	return nil
 }
