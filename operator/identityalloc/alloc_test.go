@@ -21,8 +21,13 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(k8stest.Run(m)) }
 
+// run makes label sets unique per run, so -count=N reruns against the
+// package's shared API server start afresh.
+var run = fmt.Sprint(time.Now().UnixNano())
+
 func labelSet(test string, i int) identity.Labels {
 	return identity.Labels{
+		"k8s:run":                                run,
 		"k8s:test":                               test,
 		"k8s:app":                                fmt.Sprintf("app-%d", i),
 		identity.K8sKey(identity.LabelNamespace): "default",
@@ -38,7 +43,7 @@ func identitiesOf(t *testing.T, c client.Client, test string) []sigilv1.SigilIde
 	}
 	var out []sigilv1.SigilIdentity
 	for _, it := range list.Items {
-		if it.Spec.SecurityLabels["k8s:test"] == test {
+		if it.Spec.SecurityLabels["k8s:test"] == test && it.Spec.SecurityLabels["k8s:run"] == run {
 			out = append(out, it)
 		}
 	}
@@ -128,6 +133,7 @@ func TestCollisionsAndExhaustion(t *testing.T) {
 	cs := clients(t, 2)
 	ctx := context.Background()
 	r := identityalloc.Range{Min: 70000, Max: 70007}
+	cleanRange(t, cs[0], r)
 	ids := make([][2]datapath.Identity, 8)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -222,6 +228,7 @@ func TestForeignOccupant(t *testing.T) {
 	ctx := context.Background()
 	lbls := labelSet("foreign", 0)
 	r := identityalloc.Range{Min: 80000, Max: 80099}
+	cleanRange(t, c, r)
 	cand := r.Candidate(lbls)
 	squatter := &sigilv1.SigilIdentity{}
 	squatter.Name = identityalloc.Name(cand)
@@ -242,6 +249,22 @@ func TestForeignOccupant(t *testing.T) {
 	}
 	if got, ok, err := r.Lookup(ctx, c, lbls); err != nil || !ok || got != id {
 		t.Fatalf("Lookup: %d %v %v", got, ok, err)
+	}
+}
+
+// cleanRange deletes the identities of r, left by an earlier -count run.
+func cleanRange(t *testing.T, c client.Client, r identityalloc.Range) {
+	t.Helper()
+	var list sigilv1.SigilIdentityList
+	if err := c.List(context.Background(), &list); err != nil {
+		t.Fatal(err)
+	}
+	for i := range list.Items {
+		if id := datapath.Identity(list.Items[i].Spec.ID); id >= r.Min && id <= r.Max {
+			if err := c.Delete(context.Background(), &list.Items[i]); err != nil && !apierrors.IsNotFound(err) {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 
