@@ -104,7 +104,8 @@ func BenchmarkCompileAll(b *testing.B) {
 		}
 		b.StopTimer()
 		m := e.Metrics()
-		b.ReportMetric(float64(heapInUse()-before)/(1<<20), "MiB-held")
+		b.ReportMetric((float64(heapInUse())-float64(before))/(1<<20), "MiB-held")
+		runtime.KeepAlive(e)
 		b.ReportMetric(float64(m.Entries), "entries")
 		b.ReportMetric(float64(m.Selectors), "selectors")
 		b.StartTimer()
