@@ -472,6 +472,7 @@ type FlowResolver struct {
 
 	mu        sync.Mutex
 	byIP      map[netip.Addr]flows.Peer
+	others    map[netip.Addr]flows.Peer // PodResolver answers (misses too) until the next rebuild
 	idLabels  map[uint32][]string
 	builtAt   time.Time
 	enforced  map[enforceKey]enforceEntry
@@ -521,6 +522,7 @@ func (fr *FlowResolver) rebuild(now time.Time) {
 		}
 	}
 	fr.byIP, fr.idLabels, fr.builtAt = byIP, idLabels, now
+	fr.others = map[netip.Addr]flows.Peer{}
 }
 
 func (fr *FlowResolver) fresh(miss bool) {
@@ -541,14 +543,21 @@ func (fr *FlowResolver) ResolveIP(ip netip.Addr) (flows.Peer, bool) {
 		fr.fresh(true)
 		p, ok = fr.byIP[ip]
 	}
-	if !ok {
-		if pr, isPR := fr.policy().(PodResolver); isPR {
-			if ns, name, found := pr.PodByIP(ip.String()); found {
-				return flows.Peer{Namespace: ns, PodName: name}, true
-			}
+	if ok {
+		return p, true
+	}
+	if p, cached := fr.others[ip]; cached {
+		return p, p.PodName != ""
+	}
+	if pr, isPR := fr.policy().(PodResolver); isPR {
+		if ns, name, found := pr.PodByIP(ip.String()); found {
+			p = flows.Peer{Namespace: ns, PodName: name}
 		}
 	}
-	return p, ok
+	if len(fr.others) < 65536 {
+		fr.others[ip] = p
+	}
+	return p, p.PodName != ""
 }
 
 // IdentityLabels implements flows.Resolver.

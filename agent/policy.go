@@ -104,6 +104,7 @@ type Enforcer struct {
 	remote     map[string]*remoteEP
 	nextRemote uint32
 	identities map[datapath.Identity]identity.Labels
+	policies   map[policy.PolicyRef]*policy.Policy // for PolicyView (policyview_enforcer.go)
 	nodeIPC    map[netip.Prefix]datapath.IPCacheEntry
 	ipcApplied map[netip.Prefix]datapath.IPCacheEntry
 	pendingObs []time.Time
@@ -483,6 +484,7 @@ func (e *Enforcer) KnownIdentity(id datapath.Identity) bool {
 func (e *Enforcer) UpsertPolicy(p *policy.Policy, observed time.Time) {
 	e.mu.Lock()
 	defer e.unlock()
+	e.rememberPolicy(p.Ref, p)
 	e.applyIf(e.engine.UpsertPolicy(p), &observed)
 }
 
@@ -490,6 +492,7 @@ func (e *Enforcer) UpsertPolicy(p *policy.Policy, observed time.Time) {
 func (e *Enforcer) RemovePolicy(ref policy.PolicyRef, observed time.Time) {
 	e.mu.Lock()
 	defer e.unlock()
+	e.rememberPolicy(ref, nil)
 	e.applyIf(e.engine.RemovePolicy(ref), &observed)
 }
 
