@@ -7,7 +7,7 @@ BPF_CFLAGS := -O2 -g -mcpu=v3 -Wall -Werror -Wextra -Wno-unused-parameter -I/usr
 TEST_FLAGS ?= -count=1 -timeout 30m
 export SIGIL_CACHE_DIR ?= /var/cache/sigil
 
-.PHONY: help setup generate build test check lint verify-generated bench bench-datapath demo clean
+.PHONY: help setup generate build test check lint verify-generated bench bench-datapath bench-policy bench-cni demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,10 +38,17 @@ verify-generated: generate ## fail if generated files differ from what is commit
 		git status --porcelain; git diff --stat; exit 1; fi
 	@echo "verify-generated: ok"
 
-bench: bench-datapath ## run every benchmark
+bench: bench-datapath bench-policy bench-cni ## run every benchmark
 
 bench-datapath: ## datapath: baseline vs Sigil vs iptables, per-packet cost
 	$(GO) run ./cmd/sigil-bench datapath --markdown docs/performance.md
+
+bench-policy: ## policy compiler: 1,000 policies x 10,000 identities x 5,000 endpoints; one new identity
+	$(GO) test ./policy/ -run '^$$' -bench 'CompileAll' -benchmem -benchtime 1x
+	$(GO) test ./policy/ -run '^$$' -bench 'Identity' -benchmem -benchtime 300x
+
+bench-cni: ## sigil-cni ADD latency p50/p99 vs ptp + host-local
+	SIGIL_BENCH=1 SIGIL_BENCH_OUT=$(CURDIR)/bench-cni.md $(GO) test ./cni -run TestBenchCNI -count=1 -v
 
 demo: ## the datapath demo in network namespaces (the main job until the lab exists)
 	$(GO) run ./cmd/sigil demo

@@ -12,7 +12,7 @@ import (
 
 // DefaultCapacity is the size of an endpoint's policy map
 // (SIGIL_POLICY_ENTRIES in bpf/lib/maps.h).
-const DefaultCapacity = 16384
+const DefaultCapacity = datapath.DefaultPolicyEntries
 
 // Config configures an Engine.
 type Config struct {
