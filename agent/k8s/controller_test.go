@@ -1,0 +1,548 @@
+package k8s_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sigil-net/sigil/agent"
+	"github.com/sigil-net/sigil/agent/apitypes"
+	"github.com/sigil-net/sigil/agent/k8s"
+	sigilv1 "github.com/sigil-net/sigil/api/v1alpha1"
+	"github.com/sigil-net/sigil/datapath"
+	dt "github.com/sigil-net/sigil/datapath/datapathtest"
+	"github.com/sigil-net/sigil/identity"
+	"github.com/sigil-net/sigil/internal/k8stest"
+	"github.com/sigil-net/sigil/internal/testnet"
+)
+
+func TestMain(m *testing.M) { os.Exit(k8stest.Run(m)) }
+
+const nodeName = "node-a"
+
+func logger() *slog.Logger {
+	if os.Getenv("SIGIL_TEST_DEBUG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// testAllocator allocates identities by creating SigilIdentity objects
+// (the next free ID), as the operator's allocator does.
+func testAllocator(c client.Client) k8s.AllocateFunc {
+	return func(ctx context.Context, lbls identity.Labels) (datapath.Identity, error) {
+		for {
+			var list sigilv1.SigilIdentityList
+			if err := c.List(ctx, &list); err != nil {
+				return 0, err
+			}
+			next := int64(1000)
+			for _, si := range list.Items {
+				if identity.Labels(si.Spec.SecurityLabels).Equal(lbls) {
+					return datapath.Identity(si.Spec.ID), nil
+				}
+				next = max(next, si.Spec.ID+1)
+			}
+			obj := &sigilv1.SigilIdentity{ObjectMeta: metav1.ObjectMeta{Name: strconv.FormatInt(next, 10)},
+				Spec: sigilv1.SigilIdentitySpec{ID: next, SecurityLabels: lbls}}
+			err := c.Create(ctx, obj)
+			if err == nil {
+				return datapath.Identity(next), nil
+			}
+			if !apierrors.IsAlreadyExists(err) {
+				return 0, err
+			}
+		}
+	}
+}
+
+// agentRBACConfig returns a config for a user bound to exactly the
+// generated agent ClusterRole (agent/rbac/role.yaml).
+func agentRBACConfig(t *testing.T, c client.Client) *rest.Config {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.Unmarshal(data, &role); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	role.ResourceVersion = ""
+	if err := c.Create(ctx, &role); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	user := "system:sigil-agent:" + nodeName
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "sigil-agent-test"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: user}}}
+	if err := c.Create(ctx, binding); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	cfg, err := k8stest.StartEnv(t).UserConfig(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// testAgent is an in-process agent: datapath, enforcer, manager, controller.
+type testAgent struct {
+	dp     *datapath.Datapath
+	enf    *agent.Enforcer
+	m      *agent.Manager
+	ctrl   *k8s.Controller
+	cancel context.CancelFunc
+}
+
+type agentEnv struct {
+	pinDir, stateDir string
+	node             *testnet.Node
+	cfg              *rest.Config
+	admin            client.Client
+	cidr             netip.Prefix
+}
+
+// start runs an agent; withController false stops after restore (the
+// state before the API server is consulted).
+func (e *agentEnv) start(t *testing.T, withController bool) *testAgent {
+	t.Helper()
+	log := logger()
+	d, err := datapath.Load(datapath.Config{PinDir: e.pinDir, NetNS: e.node.NS.Path, EventsBytes: 1 << 16, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetRuntimeConfig(datapath.RuntimeConfig{Enforcement: datapath.EnforceDefault,
+		Flags: datapath.ConfigAllowHostIngress}); err != nil {
+		t.Fatal(err)
+	}
+	enf, err := agent.NewEnforcer(agent.EnforcerConfig{Datapath: agent.NewBPFDatapath(d), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := k8s.New(k8s.Config{RestConfig: e.cfg, NodeName: nodeName, Enforcer: enf,
+		Allocate: testAllocator(e.admin), ProbeInterval: 500 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := agent.NewManager(agent.Config{StateDir: e.stateDir, PodCIDR: e.cidr, Datapath: enf.Datapath(),
+		Labels: ctrl.LabelSource(), Identities: ctrl.IdentityAllocator(), PolicyFlags: enf.PolicyFlags,
+		LinkExists: func(name string, idx int) bool {
+			got, err := e.node.NS.InterfaceIndex(name)
+			return err == nil && got == idx
+		}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	enf.Attach(m)
+	a := &testAgent{dp: d, enf: enf, m: m, ctrl: ctrl}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	if withController {
+		ctrl.Start(ctx)
+	}
+	return a
+}
+
+func (a *testAgent) stop() {
+	a.cancel()
+	a.m.Close()
+	a.dp.Close()
+}
+
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	var last error
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if last = cond(); last == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, last)
+}
+
+func mustCreate(t *testing.T, c client.Client, o client.Object) {
+	t.Helper()
+	if err := c.Create(context.Background(), o); err != nil {
+		t.Fatalf("create %T %s: %v", o, o.GetName(), err)
+	}
+}
+
+func pod(ns, name string, labels map[string]string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "pause",
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}}}}}}
+}
+
+func identityOf(t *testing.T, c client.Client, lbls identity.Labels) (datapath.Identity, error) {
+	var list sigilv1.SigilIdentityList
+	if err := c.List(context.Background(), &list); err != nil {
+		return 0, err
+	}
+	for _, si := range list.Items {
+		if identity.Labels(si.Spec.SecurityLabels).Equal(lbls) {
+			return datapath.Identity(si.Spec.ID), nil
+		}
+	}
+	return 0, fmt.Errorf("no SigilIdentity for %v", lbls)
+}
+
+func nsLabels(t *testing.T, c client.Client, ns string) map[string]string {
+	var n corev1.Namespace
+	if err := c.Get(context.Background(), client.ObjectKey{Name: ns}, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n.Labels
+}
+
+// TestAgentPolicyEndToEnd drives a node agent (real BPF maps, real veths)
+// from a real API server: pods and a NetworkPolicy produce the expected
+// policy entries; a label change moves an endpoint to its new identity and
+// cuts its established flow that the policy now denies; a policy changed
+// while the agent is down is enforced after restart without a window in
+// which the maps are cleared; deleting the policy removes its entries;
+// SigilNodes and SigilEndpoints fill the ipcache. The agent runs as a
+// user bound to the generated RBAC role.
+func TestAgentPolicyEndToEnd(t *testing.T) {
+	testnet.RequireRoot(t)
+	dt.RequireBPF(t)
+	_, admin := k8stest.Start(t)
+	ctx := context.Background()
+	ns := k8stest.Namespace(t, admin)
+	fl := identity.NewFilter()
+
+	node, err := testnet.CreateNode(netip.MustParseAddr("198.18.7.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Delete() })
+	env := &agentEnv{pinDir: dt.PinDir(t), stateDir: t.TempDir(), node: node, cfg: agentRBACConfig(t, admin),
+		admin: admin, cidr: netip.MustParsePrefix("198.18.7.0/24")}
+
+	// Pods in the API first, as the kubelet would see them.
+	mustCreate(t, admin, pod(ns, "a", map[string]string{"app": "a"}))
+	mustCreate(t, admin, pod(ns, "b", map[string]string{"app": "b"}))
+
+	ag := env.start(t, true)
+	defer func() { ag.stop() }()
+
+	// The CNI's ADD, straight through the manager, for two veths.
+	ipA, ipB := netip.MustParseAddr("198.18.7.2"), netip.MustParseAddr("198.18.7.3")
+	podA, err := node.AddPod(ipA, testnet.Unique("sga"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	podB, err := node.AddPod(ipB, testnet.Unique("sgb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostMAC := func(p *testnet.Pod) string {
+		mac, err := node.NS.HardwareAddr(p.HostIf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mac.String()
+	}
+	create := func(p *testnet.Pod, name string) apitypes.Endpoint {
+		ep, err := ag.m.Create(apitypes.EndpointRequest{ContainerID: "cid-" + name, IfName: "eth0", NetNS: p.NS.Path,
+			HostIfName: p.HostIf, HostIfIndex: p.IfIndex, HostMAC: hostMAC(p), MAC: p.MAC.String(),
+			PodNamespace: ns, PodName: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ep.Addresses[0].IP != p.IP {
+			t.Fatalf("IPAM gave %s %s, the test wired %s", name, ep.Addresses[0].IP, p.IP)
+		}
+		return ep
+	}
+	epA, epB := create(podA, "a"), create(podB, "b")
+
+	lblsOf := func(app string) identity.Labels {
+		return fl.SecurityLabels(ns, map[string]string{"app": app}, nsLabels(t, admin, ns))
+	}
+	var idA, idB datapath.Identity
+	eventually(t, "endpoints resolve to their pods' identities", func() error {
+		var err error
+		if idA, err = identityOf(t, admin, lblsOf("a")); err != nil {
+			return err
+		}
+		if idB, err = identityOf(t, admin, lblsOf("b")); err != nil {
+			return err
+		}
+		for ip, want := range map[netip.Addr]datapath.Identity{ipA: idA, ipB: idB} {
+			e, err := ag.dp.Endpoints.Lookup(ip)
+			if err != nil {
+				return err
+			}
+			if e.Identity != want || e.Flags != 0 {
+				return fmt.Errorf("endpoint %s: identity %d flags %d, want %d flags 0", ip, e.Identity, e.Flags, want)
+			}
+			c, ok, err := ag.dp.IPCache.Lookup(ip)
+			if err != nil || !ok || c.Identity != want || !c.LocalEndpoint {
+				return fmt.Errorf("ipcache %s: %+v %v %v", ip, c, ok, err)
+			}
+		}
+		return nil
+	})
+	podB.NS.Serve(t, ipB.String()+":8080")
+	addrB := ipB.String() + ":8080"
+	if err := podA.NS.TCP(addrB, 2*time.Second); err != nil {
+		t.Fatalf("A -> B without policy: %v", err)
+	}
+
+	// A NetworkPolicy: B accepts TCP 8080 from app=a only.
+	tcp := corev1.ProtocolTCP
+	port := intstr.FromInt32(8080)
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "b-from-a"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
+			}},
+		}}
+	mustCreate(t, admin, np)
+	keyA := datapath.PolicyKey{Identity: idA, Direction: datapath.Ingress, Protocol: datapath.ProtoTCP, Port: 8080, PortPrefixLen: 16}
+	eventually(t, "policy entries in B's BPF policy map", func() error {
+		e, err := ag.dp.Endpoints.Lookup(ipB)
+		if err != nil {
+			return err
+		}
+		if e.Flags != datapath.EndpointEnforceIngress {
+			return fmt.Errorf("B flags %d", e.Flags)
+		}
+		entries, err := ag.dp.Policy.List(epB.ID)
+		if err != nil {
+			return err
+		}
+		if ent, ok := entries[keyA]; !ok || ent.Deny {
+			return fmt.Errorf("B's entries %v lack an allow for %v", entries, keyA)
+		}
+		if len(entries) != 1 {
+			return fmt.Errorf("B's entries %v, want only %v", entries, keyA)
+		}
+		return nil
+	})
+	if n := histogramCount(t); n == 0 {
+		t.Errorf("sigil_policy_implementation_delay_seconds has no observations")
+	}
+	// An established flow A -> B that the policy allows.
+	conn, err := podA.NS.DialTCP(addrB, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := testnet.Echo(conn, 2*time.Second); err != nil {
+		t.Fatalf("A -> B allowed by policy: %v", err)
+	}
+
+	// Label change: A moves to app=c, a new identity, without being
+	// re-created; B's policy now denies A's established flow, whose
+	// conntrack entries are flushed, so it is cut.
+	var pa corev1.Pod
+	if err := admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: "a"}, &pa); err != nil {
+		t.Fatal(err)
+	}
+	pa.Labels = map[string]string{"app": "c"}
+	if err := admin.Update(ctx, &pa); err != nil {
+		t.Fatal(err)
+	}
+	var idC datapath.Identity
+	eventually(t, "A moves to its new identity", func() error {
+		var err error
+		if idC, err = identityOf(t, admin, lblsOf("c")); err != nil {
+			return err
+		}
+		e, err := ag.dp.Endpoints.Lookup(ipA)
+		if err != nil {
+			return err
+		}
+		c, _, _ := ag.dp.IPCache.Lookup(ipA)
+		if e.Identity != idC || e.ID != epA.ID || c.Identity != idC {
+			return fmt.Errorf("A: endpoint %+v ipcache %+v, want identity %d id %d", e, c, idC, epA.ID)
+		}
+		return nil
+	})
+	if got, ok := ag.m.Get("cid-a", "eth0"); !ok || got.ID != epA.ID {
+		t.Fatalf("endpoint A was dropped: %+v %v", got, ok)
+	}
+	eventually(t, "A's identity persisted", func() error {
+		if got, _ := ag.m.Get("cid-a", "eth0"); datapath.Identity(got.Identity) != idC {
+			return fmt.Errorf("manager has identity %d", got.Identity)
+		}
+		return nil
+	})
+	eventually(t, "conntrack of the now-denied flow flushed", func() error {
+		cts, err := ag.dp.Conntrack.List()
+		if err != nil {
+			return err
+		}
+		for _, ct := range cts {
+			if ct.Tuple.Direction == datapath.Ingress && ct.Tuple.Dst == ipB && ct.Tuple.Src == ipA {
+				return fmt.Errorf("ingress entry %s still there", ct.Tuple)
+			}
+		}
+		return nil
+	})
+	if err := testnet.Echo(conn, 500*time.Millisecond); err == nil {
+		t.Fatal("the established flow A -> B survived a policy change that denies it")
+	}
+	if err := podA.NS.TCP(addrB, 500*time.Millisecond); err == nil {
+		t.Fatal("new flow A(app=c) -> B allowed")
+	}
+
+	// Back to app=a; then restart with the policy changed while the
+	// agent is down.
+	if err := admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: "a"}, &pa); err != nil {
+		t.Fatal(err)
+	}
+	pa.Labels = map[string]string{"app": "a"}
+	if err := admin.Update(ctx, &pa); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "A back on its identity", func() error {
+		if e, err := ag.dp.Endpoints.Lookup(ipA); err != nil || e.Identity != idA {
+			return fmt.Errorf("A: %+v %v", e, err)
+		}
+		return podA.NS.TCP(addrB, 500*time.Millisecond)
+	})
+	ag.stop()
+
+	port9090 := intstr.FromInt32(9090)
+	if err := admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: "b-from-a"}, np); err != nil {
+		t.Fatal(err)
+	}
+	np.Spec.Ingress[0].Ports[0].Port = &port9090
+	if err := admin.Update(ctx, np); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restored, not yet synced: the maps hold exactly the last applied state.
+	ag = env.start(t, false)
+	if e, err := ag.dp.Endpoints.Lookup(ipB); err != nil || e.Flags != datapath.EndpointEnforceIngress || e.Identity != idB {
+		t.Fatalf("B after restore, before sync: %+v %v (a policed endpoint must stay policed)", e, err)
+	}
+	if entries, err := ag.dp.Policy.List(epB.ID); err != nil || len(entries) != 1 {
+		t.Fatalf("B's map after restore, before sync: %v %v", entries, err)
+	} else if _, ok := entries[keyA]; !ok {
+		t.Fatalf("B's map after restore lost %v: %v", keyA, entries)
+	}
+	if err := podA.NS.TCP(addrB, 2*time.Second); err != nil {
+		t.Fatalf("A -> B:8080 between restore and sync (last known state allows it): %v", err)
+	}
+	ag.stop()
+	ag = env.start(t, true)
+	key9090 := keyA
+	key9090.Port = 9090
+	eventually(t, "restart converges to the changed policy", func() error {
+		entries, err := ag.dp.Policy.List(epB.ID)
+		if err != nil {
+			return err
+		}
+		if _, ok := entries[key9090]; !ok || len(entries) != 1 {
+			return fmt.Errorf("B's entries %v, want only %v", entries, key9090)
+		}
+		if !ag.ctrl.Health().Synced || !ag.ctrl.Health().Connected {
+			return fmt.Errorf("health %+v", ag.ctrl.Health())
+		}
+		return nil
+	})
+	if err := podA.NS.TCP(addrB, 500*time.Millisecond); err == nil {
+		t.Fatal("A -> B:8080 allowed after the policy moved to 9090")
+	}
+
+	// Nodes and remote pods fill the ipcache.
+	remoteIP := netip.MustParseAddr("198.18.9.5")
+	mustCreate(t, admin, &sigilv1.SigilNode{ObjectMeta: metav1.ObjectMeta{Name: nodeName},
+		Spec: sigilv1.SigilNodeSpec{PodCIDRs: []string{"198.18.7.0/24"}, InternalIP: "198.19.0.1"}})
+	mustCreate(t, admin, &sigilv1.SigilNode{ObjectMeta: metav1.ObjectMeta{Name: "node-b"},
+		Spec: sigilv1.SigilNodeSpec{PodCIDRs: []string{"198.18.9.0/24"}, InternalIP: "198.19.0.2", TunnelEndpoint: "198.19.1.2"}})
+	mustCreate(t, admin, &sigilv1.SigilEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "remote"},
+		Status: sigilv1.SigilEndpointStatus{Identity: int64(idA), NodeName: "node-b", IPs: []string{remoteIP.String()}}})
+	eventually(t, "ipcache has nodes and the remote pod", func() error {
+		want := map[netip.Addr]datapath.IPCacheEntry{
+			netip.MustParseAddr("198.19.0.1"): {Identity: datapath.IdentityHost},
+			netip.MustParseAddr("198.19.0.2"): {Identity: datapath.IdentityRemoteNode},
+			netip.MustParseAddr("198.19.1.2"): {Identity: datapath.IdentityRemoteNode},
+			remoteIP:                          {Identity: idA, TunnelEndpoint: netip.MustParseAddr("198.19.1.2")},
+		}
+		for ip, w := range want {
+			got, ok, err := ag.dp.IPCache.Lookup(ip)
+			if err != nil || !ok || got != w {
+				return fmt.Errorf("ipcache %s: %+v %v %v, want %+v", ip, got, ok, err, w)
+			}
+		}
+		return nil
+	})
+	// The remote pod (identity of app=a) is allowed into B on 9090 by the
+	// same policy: its identity already has the entry.
+	if entries, _ := ag.dp.Policy.List(epB.ID); len(entries) != 1 {
+		t.Fatalf("remote pod changed B's entries: %v", entries)
+	}
+
+	// Deleting the policy removes its entries and B's enforcement.
+	if err := admin.Delete(ctx, np); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "policy deletion removes its entries", func() error {
+		e, err := ag.dp.Endpoints.Lookup(ipB)
+		if err != nil {
+			return err
+		}
+		entries, err := ag.dp.Policy.List(epB.ID)
+		if err != nil {
+			return err
+		}
+		if e.Flags != 0 || len(entries) != 0 {
+			return fmt.Errorf("B flags %d entries %v", e.Flags, entries)
+		}
+		return nil
+	})
+	if err := podA.NS.TCP(addrB, 2*time.Second); err != nil {
+		t.Fatalf("A -> B after the policy is gone: %v", err)
+	}
+}
+
+// histogramCount returns the observations of the policy implementation
+// delay histogram in the default registry.
+func histogramCount(t *testing.T) uint64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "sigil_policy_implementation_delay_seconds" {
+			var n uint64
+			for _, m := range mf.GetMetric() {
+				n += m.GetHistogram().GetSampleCount()
+			}
+			return n
+		}
+	}
+	return 0
+}
