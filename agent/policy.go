@@ -135,7 +135,8 @@ func NewEnforcer(cfg EnforcerConfig) (*Enforcer, error) {
 		engine: policy.NewEngine(policy.Config{Capacity: cfg.Capacity, Enforcement: cfg.Enforcement}),
 		eps:    map[uint32]*localEP{}, byIP: map[netip.Addr]*localEP{}, remote: map[string]*remoteEP{},
 		nextRemote: remoteIDBase, identities: map[datapath.Identity]identity.Labels{},
-		nodeIPC: map[netip.Prefix]datapath.IPCacheEntry{}, ipcApplied: map[netip.Prefix]datapath.IPCacheEntry{},
+		policies: map[policy.PolicyRef]*policy.Policy{},
+		nodeIPC:  map[netip.Prefix]datapath.IPCacheEntry{}, ipcApplied: map[netip.Prefix]datapath.IPCacheEntry{},
 		persistPend: map[[2]string]persistReq{}, persistKick: make(chan struct{}, 1),
 	}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/sigil-net/sigil/agent/apitypes"
@@ -23,7 +24,12 @@ type Server struct {
 	srv *http.Server
 	ln  net.Listener
 	obs observeState // observability routes (observe.go)
+	// k8sHealth reports the control plane (SetK8sHealth); nil: off.
+	k8sHealth atomic.Pointer[func() apitypes.K8sHealth]
 }
+
+// SetK8sHealth makes /v1/healthz report the Kubernetes control plane.
+func (s *Server) SetK8sHealth(fn func() apitypes.K8sHealth) { s.k8sHealth.Store(&fn) }
 
 // Listen creates the socket (directory 0700, socket 0600, root only),
 // replacing a stale socket left by a previous run.
@@ -126,6 +132,13 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.Status, h.Ready, h.Endpoints = "ok", true, len(s.m.List())
+	if fn := s.k8sHealth.Load(); fn != nil {
+		kh := (*fn)()
+		h.K8s = &kh
+		if !kh.Connected {
+			h.Message = "Kubernetes API server unreachable: enforcing the last known policy state"
+		}
+	}
 	writeJSON(w, http.StatusOK, h)
 }
 

@@ -55,6 +55,20 @@ type Health struct {
 	Message    string `json:"message,omitempty"`
 	Endpoints  int    `json:"endpoints"`
 	PodCIDR    string `json:"podCIDR,omitempty"`
+	// K8s is the control plane's state; absent when Kubernetes is off.
+	K8s *K8sHealth `json:"k8s,omitempty"`
+}
+
+// K8sHealth is the agent's connection to the Kubernetes API server.
+type K8sHealth struct {
+	// Connected: the API server answered the last probe or watch.
+	Connected bool `json:"connected"`
+	// Synced: the informers synced and the maps hold the computed policy.
+	// While not connected the maps keep enforcing the last known state.
+	Synced bool `json:"synced"`
+	// LastSync is when the maps last took in an API-server change.
+	LastSync time.Time `json:"lastSync,omitzero"`
+	Message  string    `json:"message,omitempty"`
 }
 
 // EndpointRequest creates (or re-confirms) the endpoint of one attachment.
