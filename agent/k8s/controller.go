@@ -46,14 +46,16 @@ import (
 	"github.com/sigil-net/sigil/policy"
 )
 
-// The agent reads everything it enforces and writes nothing but new
-// identities (when a local pod's label set has none yet).
+// The agent reads everything it enforces and writes nothing but
+// identities: it creates one when a local pod's label set has none yet, and
+// updates one to clear the garbage collector's unused mark when reusing it
+// (operator/identityalloc).
 //
 // +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=sigil.io,resources=sigilnetworkpolicies;sigilclusterwidenetworkpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=sigil.io,resources=sigilendpoints;sigilnodes,verbs=get;list;watch
-// +kubebuilder:rbac:groups=sigil.io,resources=sigilidentities,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups=sigil.io,resources=sigilidentities,verbs=get;list;watch;create;update
 
 // Scheme returns a scheme with the core, networking and Sigil types.
 func Scheme() *runtime.Scheme {

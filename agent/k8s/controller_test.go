@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -32,6 +31,7 @@ import (
 	"github.com/sigil-net/sigil/identity"
 	"github.com/sigil-net/sigil/internal/k8stest"
 	"github.com/sigil-net/sigil/internal/testnet"
+	"github.com/sigil-net/sigil/operator/identityalloc"
 )
 
 func TestMain(m *testing.M) { os.Exit(k8stest.Run(m)) }
@@ -43,35 +43,6 @@ func logger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// testAllocator allocates identities by creating SigilIdentity objects
-// (the next free ID), as the operator's allocator does.
-func testAllocator(c client.Client) k8s.AllocateFunc {
-	return func(ctx context.Context, lbls identity.Labels) (datapath.Identity, error) {
-		for {
-			var list sigilv1.SigilIdentityList
-			if err := c.List(ctx, &list); err != nil {
-				return 0, err
-			}
-			next := int64(1000)
-			for _, si := range list.Items {
-				if identity.Labels(si.Spec.SecurityLabels).Equal(lbls) {
-					return datapath.Identity(si.Spec.ID), nil
-				}
-				next = max(next, si.Spec.ID+1)
-			}
-			obj := &sigilv1.SigilIdentity{ObjectMeta: metav1.ObjectMeta{Name: strconv.FormatInt(next, 10)},
-				Spec: sigilv1.SigilIdentitySpec{ID: next, SecurityLabels: lbls}}
-			err := c.Create(ctx, obj)
-			if err == nil {
-				return datapath.Identity(next), nil
-			}
-			if !apierrors.IsAlreadyExists(err) {
-				return 0, err
-			}
-		}
-	}
 }
 
 // agentRBACConfig returns a config for a user bound to exactly the
@@ -139,8 +110,13 @@ func (e *agentEnv) start(t *testing.T, withController bool) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrl, err := k8s.New(k8s.Config{RestConfig: e.cfg, NodeName: nodeName, Enforcer: enf,
-		Allocate: testAllocator(e.admin), ProbeInterval: 500 * time.Millisecond, Logger: log})
+	var ctrl *k8s.Controller
+	ctrl, err = k8s.New(k8s.Config{RestConfig: e.cfg, NodeName: nodeName, Enforcer: enf,
+		// The operator's allocator, through the agent's own (RBAC-limited) client.
+		Allocate: func(ctx context.Context, l identity.Labels) (datapath.Identity, error) {
+			return identityalloc.Allocate(ctx, ctrl.Client(), l)
+		},
+		ProbeInterval: 500 * time.Millisecond, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
