@@ -34,7 +34,7 @@ func run() error {
 		pinDir      = flag.String("pin-dir", "/sys/fs/bpf/sigil", "bpffs directory for pinned maps and links")
 		stateDir    = flag.String("state-dir", "/var/lib/sigil", "state directory (IPAM store, endpoints, identities)")
 		socket      = flag.String("socket", apitypes.DefaultSocket, "local API unix socket")
-		podCIDR     = flag.String("pod-cidr", "", "this node's IPv4 pod CIDR (required)")
+		podCIDR     = flag.String("pod-cidr", "", "this node's IPv4 pod CIDR (default with Kubernetes: from its SigilNode; required without)")
 		gateway     = flag.String("gateway", "", "pod gateway address (default: first address of the pod CIDR)")
 		confDir     = flag.String("cni-conf-dir", "/etc/cni/net.d", "where to write the CNI conflist (empty: do not write)")
 		confName    = flag.String("cni-conf-name", "05-sigil.conflist", "CNI conflist file name")
@@ -45,13 +45,21 @@ func run() error {
 		dpMode      = flag.String("datapath", "bpf", "datapath: bpf, or none (in-memory, for tests without BPF)")
 		attachMode  = flag.String("attach-mode", "auto", "program attachment: auto, tcx or tc")
 		enforcement = flag.String("enforcement", "default", "policy enforcement mode: default, always or never")
+		policyEnf   = flag.String("policy-enforcement", "", "policy enforcement mode: default, always or never (overrides --enforcement)")
+		kf          = k8sFlags{}
 		labelsDir   = flag.String("labels-dir", "", "optional directory of <namespace>/<pod>.json label files")
 		ipForward   = flag.Bool("enable-ipv4-forwarding", false, "set net.ipv4.ip_forward=1 in the agent's network namespace")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
 		metricsAddr = flag.String("metrics-address", metrics.DefaultAddress, "address to serve Prometheus metrics on (/metrics); empty disables")
 		flowBuffer  = flag.Int("flow-buffer", flows.DefaultCapacity, "flows kept in memory for sigil observe --last")
 	)
+	flag.StringVar(&kf.enable, "k8s", "auto", "watch Kubernetes for pods and policies: auto (when --kubeconfig or the in-cluster environment is set), true or false")
+	flag.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubeconfig file (empty: in-cluster config)")
+	flag.StringVar(&kf.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (required with Kubernetes; default $NODE_NAME)")
 	flag.Parse()
+	if *policyEnf != "" {
+		*enforcement = *policyEnf
+	}
 
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -60,6 +68,17 @@ func run() error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
 
+	restCfg, err := kf.restConfig()
+	if err != nil {
+		return err
+	}
+	if *podCIDR == "" && restCfg != nil {
+		p, err := nodePodCIDR(restCfg, kf.nodeName, *stateDir, log)
+		if err != nil {
+			return err
+		}
+		*podCIDR = p.String()
+	}
 	if *podCIDR == "" {
 		return fmt.Errorf("--pod-cidr is required")
 	}
@@ -116,6 +135,16 @@ func run() error {
 			select {}
 		}
 	}
+	var cp *controlPlane
+	if restCfg != nil {
+		mode, err := datapath.ParseEnforcementMode(*enforcement)
+		if err != nil {
+			return err
+		}
+		if cp, err = newControlPlane(restCfg, kf.nodeName, dp, mode, &cfg, log); err != nil {
+			return err
+		}
+	}
 	m, err := agent.NewManager(cfg)
 	if err != nil {
 		return err
@@ -141,6 +170,9 @@ func run() error {
 		return fmt.Errorf("restore endpoints: %w", err)
 	}
 	log.Info("restored", "took", time.Since(start).String())
+	if cp != nil {
+		cp.start(obsCtx, m, srv)
+	}
 
 	src := *cniBinary
 	if src == "" && *binDir != "" {
