@@ -14,6 +14,7 @@ import (
 
 	"github.com/sigil-net/sigil/agent/apitypes"
 	"github.com/sigil-net/sigil/agent/flows"
+	"github.com/sigil-net/sigil/agent/metrics"
 	"github.com/sigil-net/sigil/datapath"
 	"github.com/sigil-net/sigil/identity"
 )
@@ -130,7 +131,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 // MapStatuses reports the fill level of the datapath's hash-like maps.
 func MapStatuses(ms *datapath.Maps) ([]apitypes.MapStatus, error) {
-	p, err := ms.Pressure()
+	p, err := metrics.MapPressure(ms)
 	if err != nil {
 		return nil, err
 	}
