@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,6 +151,30 @@ func (a *testAgent) stop() {
 	a.dp.Close()
 }
 
+// addEndpoint wires a pod namespace with ip on the node and creates its
+// endpoint through the manager, as sigil-cni's ADD does.
+func (e *agentEnv) addEndpoint(t *testing.T, ag *testAgent, ip netip.Addr, ns, name string) (*testnet.Pod, apitypes.Endpoint) {
+	t.Helper()
+	p, err := e.node.AddPod(ip, testnet.Unique("sgp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostMAC, err := e.node.NS.HardwareAddr(p.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := ag.m.Create(apitypes.EndpointRequest{ContainerID: "cid-" + name, IfName: "eth0", NetNS: p.NS.Path,
+		HostIfName: p.HostIf, HostIfIndex: p.IfIndex, HostMAC: hostMAC.String(), MAC: p.MAC.String(),
+		PodNamespace: ns, PodName: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep.Addresses[0].IP != ip {
+		t.Fatalf("IPAM gave %s %s, the test wired %s", name, ep.Addresses[0].IP, ip)
+	}
+	return p, ep
+}
+
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
 	var last error
@@ -228,34 +255,8 @@ func TestAgentPolicyEndToEnd(t *testing.T) {
 
 	// The CNI's ADD, straight through the manager, for two veths.
 	ipA, ipB := netip.MustParseAddr("198.18.7.2"), netip.MustParseAddr("198.18.7.3")
-	podA, err := node.AddPod(ipA, testnet.Unique("sga"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	podB, err := node.AddPod(ipB, testnet.Unique("sgb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostMAC := func(p *testnet.Pod) string {
-		mac, err := node.NS.HardwareAddr(p.HostIf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return mac.String()
-	}
-	create := func(p *testnet.Pod, name string) apitypes.Endpoint {
-		ep, err := ag.m.Create(apitypes.EndpointRequest{ContainerID: "cid-" + name, IfName: "eth0", NetNS: p.NS.Path,
-			HostIfName: p.HostIf, HostIfIndex: p.IfIndex, HostMAC: hostMAC(p), MAC: p.MAC.String(),
-			PodNamespace: ns, PodName: name})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ep.Addresses[0].IP != p.IP {
-			t.Fatalf("IPAM gave %s %s, the test wired %s", name, ep.Addresses[0].IP, p.IP)
-		}
-		return ep
-	}
-	epA, epB := create(podA, "a"), create(podB, "b")
+	podA, epA := env.addEndpoint(t, ag, ipA, ns, "a")
+	podB, epB := env.addEndpoint(t, ag, ipB, ns, "b")
 
 	lblsOf := func(app string) identity.Labels {
 		return fl.SecurityLabels(ns, map[string]string{"app": app}, nsLabels(t, admin, ns))
@@ -284,6 +285,26 @@ func TestAgentPolicyEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
+	// A pod the API server does not show yet: init identity, failed
+	// closed; once its Pod appears it resolves and opens.
+	ipL := netip.MustParseAddr("198.18.7.4")
+	_, epL := env.addEndpoint(t, ag, ipL, ns, "late")
+	if e, err := ag.dp.Endpoints.Lookup(ipL); err != nil || e.Identity != datapath.IdentityInit ||
+		e.Flags != agent.FailClosedFlags || datapath.Identity(epL.Identity) != datapath.IdentityInit {
+		t.Fatalf("unknown pod's endpoint: %+v %v, want init identity, both directions enforced", e, err)
+	}
+	mustCreate(t, admin, pod(ns, "late", map[string]string{"app": "late"}))
+	eventually(t, "late pod resolves", func() error {
+		idL, err := identityOf(t, admin, lblsOf("late"))
+		if err != nil {
+			return err
+		}
+		if e, err := ag.dp.Endpoints.Lookup(ipL); err != nil || e.Identity != idL || e.Flags != 0 {
+			return fmt.Errorf("late endpoint %+v %v, want identity %d flags 0", e, err, idL)
+		}
+		return nil
+	})
+
 	podB.NS.Serve(t, ipB.String()+":8080")
 	addrB := ipB.String() + ":8080"
 	if err := podA.NS.TCP(addrB, 2*time.Second); err != nil {
@@ -521,4 +542,142 @@ func histogramCount(t *testing.T) uint64 {
 		}
 	}
 	return 0
+}
+
+// cutProxy is a TCP proxy to the API server whose connections can be cut
+// (the API server becomes unreachable) and restored on the same address.
+type cutProxy struct {
+	t      *testing.T
+	addr   string
+	target string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	p := &cutProxy{t: t, target: target}
+	p.listen("127.0.0.1:0")
+	t.Cleanup(p.cut)
+	return p
+}
+
+func (p *cutProxy) listen(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.ln, p.addr = ln, ln.Addr().String()
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) restore() { p.listen(p.addr) }
+
+// TestAgentAPIServerUnreachable: while the API server is unreachable the
+// agent keeps enforcing the last known state and its health says so; once
+// it is back, changes made meanwhile are applied.
+func TestAgentAPIServerUnreachable(t *testing.T) {
+	testnet.RequireRoot(t)
+	dt.RequireBPF(t)
+	_, admin := k8stest.Start(t)
+	ctx := context.Background()
+	ns := k8stest.Namespace(t, admin)
+
+	node, err := testnet.CreateNode(netip.MustParseAddr("198.18.8.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Delete() })
+	cfg := rest.CopyConfig(agentRBACConfig(t, admin))
+	u, err := url.Parse(cfg.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newCutProxy(t, u.Host)
+	cfg.Host = "https://" + proxy.addr
+	env := &agentEnv{pinDir: dt.PinDir(t), stateDir: t.TempDir(), node: node, cfg: cfg,
+		admin: admin, cidr: netip.MustParsePrefix("198.18.8.0/24")}
+	mustCreate(t, admin, pod(ns, "s", map[string]string{"app": "s"}))
+	ag := env.start(t, true)
+	defer func() { ag.stop() }()
+	ip := netip.MustParseAddr("198.18.8.2")
+	_, ep := env.addEndpoint(t, ag, ip, ns, "s")
+
+	deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "deny-s"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "s"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	mustCreate(t, admin, deny)
+	eventually(t, "policy enforced", func() error {
+		if e, err := ag.dp.Endpoints.Lookup(ip); err != nil || e.Flags != datapath.EndpointEnforceIngress {
+			return fmt.Errorf("endpoint %+v %v", e, err)
+		}
+		if h := ag.ctrl.Health(); !h.Connected || !h.Synced {
+			return fmt.Errorf("health %+v", h)
+		}
+		return nil
+	})
+
+	proxy.cut()
+	eventually(t, "health reports the API server unreachable", func() error {
+		if h := ag.ctrl.Health(); h.Connected || h.Message == "" {
+			return fmt.Errorf("health %+v", h)
+		}
+		return nil
+	})
+	if err := admin.Delete(ctx, deny); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if e, err := ag.dp.Endpoints.Lookup(ip); err != nil || e.Flags != datapath.EndpointEnforceIngress {
+		t.Fatalf("while unreachable the last known state must stay: %+v %v", e, err)
+	}
+	if got, ok := ag.m.Get("cid-s", "eth0"); !ok || got.ID != ep.ID {
+		t.Fatalf("endpoint lost while unreachable: %+v", got)
+	}
+
+	proxy.restore()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		e, err := ag.dp.Endpoints.Lookup(ip)
+		h := ag.ctrl.Health()
+		if err == nil && e.Flags == 0 && h.Connected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after reconnecting: endpoint %+v %v, health %+v", e, err, h)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
