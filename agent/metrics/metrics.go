@@ -271,6 +271,9 @@ func NewRegistry(src Sources) *prometheus.Registry {
 // listener is open (or failed to open); the address actually bound (for
 // ":0") is returned.
 func Serve(ctx context.Context, addr string, reg prometheus.Gatherer, log *slog.Logger) (net.Addr, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
