@@ -133,13 +133,18 @@ func interfaceIndex(name string) (int, error) {
 // In TCX mode both hooks are attached concurrently: each TCX attach waits for
 // an RCU grace period in the kernel (~10 ms here), and the two waits overlap.
 func (d *Datapath) AttachEndpoint(ifName string, ifIndex int) error {
+	return d.attachHooks(ifName, ifIndex, endpointHooks)
+}
+
+// attachHooks attaches each hook's program to the interface.
+func (d *Datapath) attachHooks(ifName string, ifIndex int, hooks []hook) error {
 	attach := d.attachTC
 	if d.mode == AttachTCX {
 		attach = d.attachTCX
 	}
-	errs := make([]error, len(endpointHooks))
+	errs := make([]error, len(hooks))
 	var wg sync.WaitGroup
-	for i, h := range endpointHooks {
+	for i, h := range hooks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -214,16 +219,20 @@ func (d *Datapath) attachTC(ifName string, ifIndex int, h hook) error {
 // DetachEndpoint removes the programs from ifName. A missing interface or
 // attachment is not an error: DetachEndpoint is idempotent.
 func (d *Datapath) DetachEndpoint(ifName string) error {
+	return d.detachHooks(ifName, endpointHooks)
+}
+
+func (d *Datapath) detachHooks(ifName string, hooks []hook) error {
 	return d.inNetNS(func() error {
 		var errs []error
-		for _, h := range endpointHooks {
+		for _, h := range hooks {
 			if err := os.Remove(d.linkPin(ifName, h.suffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}
 		if d.mode == AttachTC {
 			if l, err := netlink.LinkByName(ifName); err == nil {
-				for _, h := range endpointHooks {
+				for _, h := range hooks {
 					f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index,
 						Parent: h.parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1}}
 					if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {

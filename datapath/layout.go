@@ -85,7 +85,7 @@ type runtimeConfigValue struct {
 	EnforcementMode uint32
 	Flags           uint32
 	EventRateLimit  uint32
-	Pad             uint32
+	TunnelIfIndex   uint32
 }
 
 type flowEventRaw struct {

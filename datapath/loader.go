@@ -43,6 +43,8 @@ type Datapath struct {
 	coll          *ebpf.Collection
 	fromContainer *ebpf.Program
 	toContainer   *ebpf.Program
+	fromOverlay   *ebpf.Program
+	toOverlay     *ebpf.Program
 	mode          AttachMode
 }
 
@@ -105,7 +107,8 @@ func Load(cfg Config) (*Datapath, error) {
 	maps.Policy.innerMax = spec.Maps[MapPolicy].InnerMap.MaxEntries
 
 	d := &Datapath{Maps: maps, cfg: cfg, log: log, coll: coll,
-		fromContainer: coll.Programs["from_container"], toContainer: coll.Programs["to_container"]}
+		fromContainer: coll.Programs["from_container"], toContainer: coll.Programs["to_container"],
+		fromOverlay: coll.Programs["from_overlay"], toOverlay: coll.Programs["to_overlay"]}
 	if d.mode, err = resolveAttachMode(cfg.AttachMode); err != nil {
 		coll.Close()
 		return nil, err

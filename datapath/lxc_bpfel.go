@@ -166,7 +166,7 @@ type lxcRuntimeConfig struct {
 	EnforcementMode uint32
 	Flags           uint32
 	EventRateLimit  uint32
-	Pad             uint32
+	TunnelIfindex   uint32
 }
 
 type lxcSigilReason uint32
@@ -198,6 +198,17 @@ const (
 	lxcSigilReservedIdentityIDENTITY_KUBE_APISERVER lxcSigilReservedIdentity = 7
 )
 
+type lxcTunnelEntry struct {
+	_        structs.HostLayout
+	Family   uint8
+	Pad      [3]uint8
+	Endpoint struct {
+		_   structs.HostLayout
+		Ip4 uint32
+		_   [12]byte
+	}
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -212,8 +223,11 @@ const (
 	lxcMapSigilIpcache                = "sigil_ipcache"
 	lxcMapSigilMetrics                = "sigil_metrics"
 	lxcMapSigilPolicy                 = "sigil_policy"
+	lxcMapSigilTunnel                 = "sigil_tunnel"
 	lxcProgFromContainer              = "from_container"
+	lxcProgFromOverlay                = "from_overlay"
 	lxcProgToContainer                = "to_container"
+	lxcProgToOverlay                  = "to_overlay"
 	lxcVarSigilUnusedCt4Key           = "__sigil_unused_ct4_key"
 	lxcVarSigilUnusedFlowEvent        = "__sigil_unused_flow_event"
 	lxcVarSigilUnusedPolicyEntry      = "__sigil_unused_policy_entry"
@@ -265,7 +279,9 @@ type lxcSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type lxcProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
+	ToOverlay     *ebpf.ProgramSpec `ebpf:"to_overlay"`
 }
 
 // lxcMapSpecs contains maps before they are loaded into the kernel.
@@ -282,6 +298,7 @@ type lxcMapSpecs struct {
 	SigilIpcache   *ebpf.MapSpec `ebpf:"sigil_ipcache"`
 	SigilMetrics   *ebpf.MapSpec `ebpf:"sigil_metrics"`
 	SigilPolicy    *ebpf.MapSpec `ebpf:"sigil_policy"`
+	SigilTunnel    *ebpf.MapSpec `ebpf:"sigil_tunnel"`
 }
 
 // lxcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -326,6 +343,7 @@ type lxcMaps struct {
 	SigilIpcache   *ebpf.Map `ebpf:"sigil_ipcache"`
 	SigilMetrics   *ebpf.Map `ebpf:"sigil_metrics"`
 	SigilPolicy    *ebpf.Map `ebpf:"sigil_policy"`
+	SigilTunnel    *ebpf.Map `ebpf:"sigil_tunnel"`
 }
 
 func (m *lxcMaps) Close() error {
@@ -340,6 +358,7 @@ func (m *lxcMaps) Close() error {
 		m.SigilIpcache,
 		m.SigilMetrics,
 		m.SigilPolicy,
+		m.SigilTunnel,
 	)
 }
 
@@ -360,13 +379,17 @@ type lxcVariables struct {
 // It can be passed to loadLxcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lxcPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
+	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
+	ToOverlay     *ebpf.Program `ebpf:"to_overlay"`
 }
 
 func (p *lxcPrograms) Close() error {
 	return _LxcClose(
 		p.FromContainer,
+		p.FromOverlay,
 		p.ToContainer,
+		p.ToOverlay,
 	)
 }
 

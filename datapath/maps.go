@@ -14,6 +14,7 @@ import (
 const (
 	MapEndpoints = "sigil_endpoints"
 	MapIPCache   = "sigil_ipcache"
+	MapTunnel    = "sigil_tunnel"
 	MapPolicy    = "sigil_policy"
 	MapCT4       = "sigil_ct4"
 	MapFrag4     = "sigil_frag4"
@@ -25,7 +26,7 @@ const (
 )
 
 // pinnedMaps lists every map pinned under the pin directory.
-var pinnedMaps = []string{MapEndpoints, MapIPCache, MapPolicy, MapCT4, MapFrag4,
+var pinnedMaps = []string{MapEndpoints, MapIPCache, MapTunnel, MapPolicy, MapCT4, MapFrag4,
 	MapMetrics, MapConfig, MapEvents, MapEvStats, MapEvRate}
 
 // ErrNotFound is returned by lookups of keys that are not in a map.
@@ -37,6 +38,7 @@ var ErrNotFound = ebpf.ErrKeyNotExist
 type Maps struct {
 	Endpoints *EndpointMap
 	IPCache   *IPCache
+	Tunnel    *TunnelMap
 	Policy    *PolicyMap
 	Conntrack *Conntrack
 	Metrics   *Metrics
@@ -63,6 +65,7 @@ func newMaps(raw map[string]*ebpf.Map) *Maps {
 	return &Maps{
 		Endpoints: &EndpointMap{m: raw[MapEndpoints]},
 		IPCache:   &IPCache{m: raw[MapIPCache]},
+		Tunnel:    &TunnelMap{m: raw[MapTunnel]},
 		Policy:    &PolicyMap{outer: raw[MapPolicy]},
 		Conntrack: &Conntrack{m: raw[MapCT4]},
 		Metrics:   &Metrics{m: raw[MapMetrics], evstats: raw[MapEvStats]},
@@ -78,7 +81,7 @@ func (ms *Maps) Map(name string) *ebpf.Map { return ms.raw[name] }
 // capacity. Counting walks the map; call it for status, not per packet.
 func (ms *Maps) Pressure() (map[string][2]int, error) {
 	out := map[string][2]int{}
-	for _, name := range []string{MapEndpoints, MapIPCache, MapPolicy, MapCT4, MapFrag4} {
+	for _, name := range []string{MapEndpoints, MapIPCache, MapTunnel, MapPolicy, MapCT4, MapFrag4} {
 		m := ms.raw[name]
 		n, err := countEntries(m)
 		if err != nil {
@@ -271,7 +274,8 @@ type ConfigMap struct{ m *ebpf.Map }
 
 // Set writes the runtime configuration; programs see it on their next packet.
 func (c *ConfigMap) Set(rc RuntimeConfig) error {
-	v := runtimeConfigValue{EnforcementMode: uint32(rc.Enforcement), Flags: rc.Flags, EventRateLimit: rc.EventRateLimit}
+	v := runtimeConfigValue{EnforcementMode: uint32(rc.Enforcement), Flags: rc.Flags, EventRateLimit: rc.EventRateLimit,
+		TunnelIfIndex: rc.TunnelIfIndex}
 	if err := c.m.Put(uint32(0), v); err != nil {
 		return fmt.Errorf("config map: %w", err)
 	}
@@ -284,5 +288,71 @@ func (c *ConfigMap) Get() (RuntimeConfig, error) {
 	if err := c.m.Lookup(uint32(0), &v); err != nil {
 		return RuntimeConfig{}, fmt.Errorf("config map: %w", err)
 	}
-	return RuntimeConfig{Enforcement: EnforcementMode(v.EnforcementMode), Flags: v.Flags, EventRateLimit: v.EventRateLimit}, nil
+	return RuntimeConfig{Enforcement: EnforcementMode(v.EnforcementMode), Flags: v.Flags, EventRateLimit: v.EventRateLimit,
+		TunnelIfIndex: v.TunnelIfIndex}, nil
+}
+
+// --- tunnel ------------------------------------------------------------------
+
+type tunnelValue struct {
+	Family   uint8
+	Pad      [3]uint8
+	Endpoint [16]byte
+}
+
+// TunnelMap maps remote pod CIDRs and node addresses to the underlay address
+// of the node behind them, for the overlay.
+type TunnelMap struct{ m *ebpf.Map }
+
+// Upsert routes prefix through the tunnel to node.
+func (t *TunnelMap) Upsert(prefix netip.Prefix, node netip.Addr) error {
+	var v tunnelValue
+	v.Endpoint, v.Family = addrBytes(node)
+	if err := t.m.Put(ipcKey(prefix), v); err != nil {
+		return fmt.Errorf("tunnel map: put %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Delete removes prefix; a missing entry is not an error.
+func (t *TunnelMap) Delete(prefix netip.Prefix) error {
+	if err := t.m.Delete(ipcKey(prefix)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("tunnel map: delete %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// List returns every prefix and its node.
+func (t *TunnelMap) List() (map[netip.Prefix]netip.Addr, error) {
+	out := map[netip.Prefix]netip.Addr{}
+	var k ipcacheKey
+	var v tunnelValue
+	it := t.m.Iterate()
+	for it.Next(&k, &v) {
+		out[netip.PrefixFrom(addrFrom(k.Addr, k.Family), int(k.PrefixLen)-ipcacheStaticPrefix)] = addrFrom(v.Endpoint, v.Family)
+	}
+	return out, it.Err()
+}
+
+// Sync makes the map hold exactly want.
+func (t *TunnelMap) Sync(want map[netip.Prefix]netip.Addr) error {
+	have, err := t.List()
+	if err != nil {
+		return err
+	}
+	for p, n := range want {
+		if have[p.Masked()] != n {
+			if err := t.Upsert(p, n); err != nil {
+				return err
+			}
+		}
+	}
+	for p := range have {
+		if _, ok := want[p]; !ok {
+			if err := t.Delete(p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

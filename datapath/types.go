@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 )
 
@@ -92,6 +93,9 @@ const (
 	// ConfigTraceNewFlows emits a policy-verdict event for every allowed new
 	// flow (subject to the rate limit).
 	ConfigTraceNewFlows uint32 = 1 << 1
+	// ConfigTunnel selects routing mode tunnel: pods on other nodes are
+	// reached through the VXLAN device, with the source identity as VNI.
+	ConfigTunnel uint32 = 1 << 2
 )
 
 // RuntimeConfig is the datapath's runtime configuration.
@@ -99,6 +103,8 @@ type RuntimeConfig struct {
 	Enforcement    EnforcementMode
 	Flags          uint32
 	EventRateLimit uint32 // allowed-flow events per second per CPU; 0 = unlimited
+	// TunnelIfIndex is the node's VXLAN device (with ConfigTunnel).
+	TunnelIfIndex uint32
 }
 
 // Address families as in the kernel.
@@ -123,4 +129,9 @@ func addrFrom(b [16]byte, family uint8) netip.Addr {
 		return netip.AddrFrom16(b)
 	}
 	return netip.AddrFrom4([4]byte{b[0], b[1], b[2], b[3]})
+}
+
+func prefixIPNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

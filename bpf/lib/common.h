@@ -88,6 +88,7 @@ enum sigil_enforcement {
 /* sigil_config.flags */
 #define CFG_ALLOW_HOST_INGRESS (1U << 0) /* the node (identity host) may always reach its pods */
 #define CFG_TRACE_NEW_FLOWS    (1U << 1) /* emit a policy-verdict event for each allowed new flow */
+#define CFG_TUNNEL             (1U << 2) /* routing mode tunnel: remote pods are reached through the VXLAN device */
 
 /* An address of either family; IPv4 uses the first four bytes. */
 union sigil_addr {
@@ -100,7 +101,7 @@ struct runtime_config {
 	__u32 enforcement_mode;
 	__u32 flags;
 	__u32 event_rate_limit; /* allowed-flow events per second per CPU; 0 = unlimited */
-	__u32 pad;
+	__u32 tunnel_ifindex;   /* the node's VXLAN device, in tunnel mode */
 };
 
 #endif /* SIGIL_COMMON_H */

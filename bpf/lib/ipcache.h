@@ -16,6 +16,24 @@ static __always_inline const struct ipcache_entry *ipcache_lookup4(__be32 addr)
 	return bpf_map_lookup_elem(&sigil_ipcache, &k);
 }
 
+/* tunnel_endpoint4 returns the underlay address of the node behind addr, or
+ * 0 when addr is not behind the tunnel: the ipcache's entry if it names one,
+ * else the tunnel map (remote pod CIDRs, node addresses). */
+static __always_inline __be32 tunnel_endpoint4(const struct ipcache_entry *ipc, __be32 addr)
+{
+	struct ipcache_key k = {
+		.prefixlen = IPCACHE_STATIC_PREFIX + 32,
+		.family = SIGIL_AF_INET,
+		.addr.ip4 = addr,
+	};
+	const struct tunnel_entry *t;
+
+	if (ipc && ipc->tunnel_family == SIGIL_AF_INET)
+		return ipc->tunnel_endpoint.ip4;
+	t = bpf_map_lookup_elem(&sigil_tunnel, &k);
+	return t && t->family == SIGIL_AF_INET ? t->endpoint.ip4 : 0;
+}
+
 static __always_inline __u32 identity_of4(__be32 addr)
 {
 	const struct ipcache_entry *e = ipcache_lookup4(addr);

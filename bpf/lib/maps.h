@@ -78,6 +78,31 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sigil_ipcache SEC(".maps");
 
+/* --- tunnel: remote pod CIDR or node address -> node underlay address -- */
+
+/* Filled from the SigilNode objects: each remote node's pod CIDRs and its own
+ * addresses map to its underlay address. Kept apart from the ipcache so that
+ * identities (pods, CIDR rules) and tunnel routing never share a prefix. The
+ * key has the ipcache key's layout. */
+struct tunnel_entry {
+	__u8 family;
+	__u8 pad[3];
+	union sigil_addr endpoint;
+};
+
+#ifndef SIGIL_TUNNEL_MAX
+#define SIGIL_TUNNEL_MAX 16384
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct tunnel_entry);
+	__uint(max_entries, SIGIL_TUNNEL_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sigil_tunnel SEC(".maps");
+
 /* --- policy: endpoint ID -> per-endpoint LPM trie --------------------- */
 
 /* Key bits in prefix order: identity (32), direction (8) are always matched;
