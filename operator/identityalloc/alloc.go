@@ -49,7 +49,7 @@ const (
 	// security labels, on SigilIdentity and SigilEndpoint objects.
 	LabelLabelsHash = "sigil.io/labels-hash"
 	// AnnotationUnusedSince marks an identity no endpoint uses, with the
-	// RFC 3339 time the operator first saw it unused.
+	// RFC 3339 time (with fractional seconds) the operator first saw it unused.
 	AnnotationUnusedSince = "sigil.io/unused-since"
 
 	// MinID is the first cluster identity.
