@@ -157,7 +157,8 @@ func (e *Enforcer) OnEndpoint(fn func(ep LocalEndpoint, removed bool)) {
 // Attach connects the enforcer to the endpoint manager m: the identity and
 // flags the enforcer sets are persisted in m's endpoint state (so a restart
 // restores them), and the endpoints m restored are adopted. Call it after
-// m.Restore.
+// m.Restore. The state files are written by a goroutine that runs for the
+// rest of the process.
 func (e *Enforcer) Attach(m *Manager) {
 	e.persistMu.Lock()
 	first := e.persist == nil
