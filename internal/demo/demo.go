@@ -67,7 +67,7 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 		return err
 	}
 	for _, p := range pods {
-		if err := installEndpoint(dp, p, 0); err != nil {
+		if err := installEndpoint(dp, node, p, 0); err != nil {
 			return err
 		}
 		srv, err := p.tp.NS.StartServer(p.ip.String() + ":8080")
@@ -89,7 +89,7 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 	if _, err := dp.Policy.Sync(backend.epID, entries); err != nil {
 		return err
 	}
-	if err := installEndpoint(dp, backend, datapath.EndpointEnforceIngress); err != nil {
+	if err := installEndpoint(dp, node, backend, datapath.EndpointEnforceIngress); err != nil {
 		return err
 	}
 	printMatrix(w, pods)
@@ -101,9 +101,13 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 	return printMaps(w, dp, pods)
 }
 
-func installEndpoint(dp *datapath.Datapath, p *pod, flags datapath.EndpointFlags) error {
+func installEndpoint(dp *datapath.Datapath, node *testnet.Node, p *pod, flags datapath.EndpointFlags) error {
+	hostMAC, err := node.NS.HardwareAddr(p.tp.HostIf)
+	if err != nil {
+		return err
+	}
 	if err := dp.Endpoints.Upsert(p.ip, datapath.EndpointInfo{ID: p.epID, IfIndex: uint32(p.tp.IfIndex),
-		Identity: p.identity, Flags: flags, MAC: p.tp.MAC}); err != nil {
+		Identity: p.identity, Flags: flags, MAC: p.tp.MAC, NodeMAC: hostMAC}); err != nil {
 		return err
 	}
 	if err := dp.IPCache.Upsert(netip.PrefixFrom(p.ip, 32), datapath.IPCacheEntry{Identity: p.identity, LocalEndpoint: true}); err != nil {
