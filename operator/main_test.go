@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -103,4 +105,51 @@ func eventually(t *testing.T, what string, cond func() (bool, error)) {
 		}
 		return ok, err
 	})
+}
+
+// startOperatorStoppable is startOperator without leader election, with
+// a function that stops it before the test ends (idempotent).
+func startOperatorStoppable(t *testing.T, cfg *rest.Config, o operator.Options) func() {
+	t.Helper()
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 operator.NewScheme(),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: new(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := operator.Setup(mgr, o); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("operator: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// hasEvent reports whether an events.k8s.io Event with reason is about the
+// object kind/name in namespace ns ("" for every namespace).
+func hasEvent(ctx context.Context, c client.Client, ns, kind, name, reason string) (bool, error) {
+	var evs eventsv1.EventList
+	if err := c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+		return false, err
+	}
+	for _, ev := range evs.Items {
+		if ev.Regarding.Kind == kind && ev.Regarding.Name == name && ev.Reason == reason {
+			return true, nil
+		}
+	}
+	return false, nil
 }

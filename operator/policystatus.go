@@ -168,7 +168,7 @@ func (r *PolicyStatusReconciler) report(ctx context.Context, obj client.Object, 
 		u.Object["metadata"].(map[string]any)["namespace"] = ns
 	}
 	if perr != nil && (old == nil || old.Status != cond.Status || old.Message != cond.Message) {
-		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "PolicyInvalid", "Validate", "%s", perr.Error())
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, ReasonPolicyInvalid, "Validate", "%s", perr.Error())
 	}
 	err := r.Client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
 		client.FieldOwner(FieldOwner), client.ForceOwnership)
@@ -235,14 +235,14 @@ func (r *PolicyStatusReconciler) reconcileNetworkPolicy(ctx context.Context, req
 	}
 	pol, err := policy.FromNetworkPolicy(&np)
 	if err != nil {
-		r.Recorder.Eventf(&np, nil, corev1.EventTypeWarning, "PolicyInvalid", "Validate",
+		r.Recorder.Eventf(&np, nil, corev1.EventTypeWarning, ReasonPolicyInvalid, "Validate",
 			"generation %d is not enforced by Sigil: %v", np.Generation, err)
 	} else {
 		n, _, cerr := r.countSelected(ctx, pol.Subject, np.Namespace)
 		if cerr != nil {
 			return reconcile.Result{}, cerr
 		}
-		r.Recorder.Eventf(&np, nil, corev1.EventTypeNormal, "PolicyValid", "Validate",
+		r.Recorder.Eventf(&np, nil, corev1.EventTypeNormal, ReasonPolicyValid, "Validate",
 			"generation %d accepted by Sigil; selects %s endpoints", np.Generation, strconv.Itoa(int(n)))
 	}
 	r.mu.Lock()
