@@ -28,6 +28,22 @@ func TestMain(m *testing.M) { os.Exit(k8stest.Run(m)) }
 // ends, without leader election unless leaseNS is set.
 func startOperator(t *testing.T, cfg *rest.Config, o operator.Options, leaseNS string) ctrl.Manager {
 	t.Helper()
+	mgr, _ := runOperator(t, cfg, o, leaseNS)
+	return mgr
+}
+
+// startOperatorStoppable is startOperator without leader election, with
+// a function that stops it before the test ends.
+func startOperatorStoppable(t *testing.T, cfg *rest.Config, o operator.Options) func() {
+	t.Helper()
+	_, stop := runOperator(t, cfg, o, "")
+	return stop
+}
+
+// runOperator starts an operator and returns its manager and an
+// idempotent stop function (also run at the test's end).
+func runOperator(t *testing.T, cfg *rest.Config, o operator.Options, leaseNS string) (ctrl.Manager, func()) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        operator.NewScheme(),
 		Metrics:                       metricsserver.Options{BindAddress: "0"},
@@ -50,18 +66,22 @@ func startOperator(t *testing.T, cfg *rest.Config, o operator.Options, leaseNS s
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("operator: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("operator: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("operator did not stop")
 			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("operator did not stop")
-		}
-	})
-	return mgr
+		})
+	}
+	t.Cleanup(stop)
+	return mgr, stop
 }
 
 // newPod returns a pod on node (none if "") with one named port.
@@ -105,38 +125,6 @@ func eventually(t *testing.T, what string, cond func() (bool, error)) {
 		}
 		return ok, err
 	})
-}
-
-// startOperatorStoppable is startOperator without leader election, with
-// a function that stops it before the test ends (idempotent).
-func startOperatorStoppable(t *testing.T, cfg *rest.Config, o operator.Options) func() {
-	t.Helper()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 operator.NewScheme(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: new(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := operator.Setup(mgr, o); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("operator: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
 }
 
 // hasEvent reports whether an events.k8s.io Event with reason is about the
