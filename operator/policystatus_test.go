@@ -70,7 +70,7 @@ func TestPolicyStatus(t *testing.T) {
 	startOperator(t, e.Config, operator.Options{IdentityGCGrace: time.Hour}, "")
 	ip := 0
 	addPod := func(ns, name, app string) {
-		p := newPod(ns, name, "node-0", map[string]string{"app": app})
+		p := newPod(ns, name, "node-0", map[string]string{"app": app, "run": ns1})
 		must(t, c.Create(ctx, p))
 		must(t, setPodIP(ctx, c, p, podAddr(40, ip)))
 		ip++
@@ -85,7 +85,7 @@ func TestPolicyStatus(t *testing.T) {
 	must(t, createYAML(ctx, c, snpYAML(ns1, "bad-values", "  endpointSelector: {matchExpressions: [{key: app, operator: In}]}\n")))
 	must(t, createYAML(ctx, c, snpYAML(ns1, "bad-key", "  endpointSelector: {matchLabels: {\"bad key!\": x}}\n")))
 	scnpName := "web-" + ns1
-	must(t, createYAML(ctx, c, fmt.Sprintf("apiVersion: sigil.io/v1alpha1\nkind: SigilClusterwideNetworkPolicy\nmetadata: {name: %s}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress: [{to: [{entity: all}]}]\n", scnpName)))
+	must(t, createYAML(ctx, c, fmt.Sprintf("apiVersion: sigil.io/v1alpha1\nkind: SigilClusterwideNetworkPolicy\nmetadata: {name: %s}\nspec:\n  endpointSelector: {matchLabels: {app: web, run: %s}}\n  egress: [{to: [{entity: all}]}]\n", scnpName, ns1)))
 	t.Cleanup(func() {
 		_ = c.Delete(context.Background(), &sigilv1.SigilClusterwideNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: scnpName}})
 	})

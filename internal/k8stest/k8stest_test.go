@@ -33,6 +33,9 @@ func TestCRDsInstalled(t *testing.T) {
 			Spec:       sigilv1.SigilIdentitySpec{ID: tc.id, SecurityLabels: map[string]string{"k8s:app": "web"}},
 		}
 		err := c.Create(ctx, obj)
+		if err == nil {
+			t.Cleanup(func() { _ = c.Delete(context.Background(), obj) })
+		}
 		switch {
 		case tc.wantErr == "" && err != nil:
 			t.Fatalf("create %s: %v", tc.name, err)
