@@ -1,0 +1,147 @@
+// Command sigil-bench runs Sigil's benchmarks and prints their figures.
+//
+//	sigil-bench datapath [--duration 5s] [--sizes 10,1000,10000] [--markdown docs/performance.md]
+//
+// datapath builds one node with two pods in network namespaces (addresses
+// from 198.18.0.0/15, traffic only between them) and compares, in one run,
+// the bare veths with Sigil's programs at several policy sizes and with the
+// same policies as iptables rules; it also times the programs per packet.
+// Everything it creates is removed on exit, error or Ctrl-C.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/sigil-net/sigil/datapath"
+	"github.com/sigil-net/sigil/internal/bench"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "datapath":
+		err = runDatapath(os.Args[2:])
+	case "-h", "--help", "help":
+		usage()
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "sigil-bench: unknown benchmark %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sigil-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: sigil-bench datapath [flags]   (sigil-bench datapath -h for the flags)")
+}
+
+func runDatapath(args []string) error {
+	o := bench.DefaultDatapathOptions()
+	fs := flag.NewFlagSet("datapath", flag.ExitOnError)
+	fs.DurationVar(&o.Duration, "duration", o.Duration, "duration of each traffic figure (iperf3 rounds it up to whole seconds)")
+	sizes := fs.String("sizes", joinInts(o.Sizes), "policy sizes (allow entries / iptables rules), comma-separated")
+	ipt := fs.String("iptables", strings.Join(o.IPTables, ","), `iptables peers: "conntrack", "stateless", both, or "none"`)
+	attach := fs.String("attach-mode", string(o.AttachMode), "program attachment: auto, tcx or tc")
+	fs.IntVar(&o.CRRClients, "crr-clients", o.CRRClients, "parallel client threads of the CRR figure")
+	fs.BoolVar(&o.NoFlowEvents, "no-flow-events", false, "run Sigil without an event per allowed new flow (the agent enables them)")
+	markdown := fs.String("markdown", "", `also write the results as the "Datapath" section of this markdown file (e.g. docs/performance.md)`)
+	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
+	fs.Parse(args)
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if o.Sizes, err = parseInts(*sizes); err != nil {
+		return fmt.Errorf("--sizes: %w", err)
+	}
+	o.IPTables = nil
+	if *ipt != "none" && *ipt != "" {
+		o.IPTables = strings.Split(*ipt, ",")
+	}
+	o.AttachMode = datapath.AttachMode(*attach)
+	if !*quiet {
+		o.Progress = os.Stderr
+	}
+
+	// The load tools park one OS thread per connection in blocking socket
+	// calls; spare Ps let a thread that returns from a syscall run at once
+	// instead of queueing for one of the two.
+	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 8))
+
+	// Ctrl-C or SIGTERM cancels the run; cleanup then runs to the end. Later
+	// signals are swallowed so it is not cut short.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
+	go func() {
+		for s := range sig {
+			fmt.Fprintf(os.Stderr, "sigil-bench: %v: stopping and cleaning up\n", s)
+			cancel()
+		}
+	}()
+
+	rep, err := bench.RunDatapath(ctx, o)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return errors.New("interrupted; everything it created was removed")
+		}
+		return err
+	}
+	if err := rep.WriteText(os.Stdout); err != nil {
+		return err
+	}
+	if *markdown != "" {
+		cmd := "sigil-bench datapath " + strings.Join(args, " ")
+		if err := bench.WriteSection(*markdown, "datapath", rep.Markdown(strings.TrimSpace(cmd))); err != nil {
+			return fmt.Errorf("--markdown: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "wrote the Datapath section of %s\n", *markdown)
+	}
+	return nil
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(strings.ReplaceAll(f, "_", ""))
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no sizes")
+	}
+	return out, nil
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
