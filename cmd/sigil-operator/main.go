@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -37,7 +38,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "sigil-operator:", err)
 		os.Exit(2)
 	}
-	if err := run(cfg); err != nil {
+	if err := run(ctrl.SetupSignalHandler(), cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "sigil-operator:", err)
 		os.Exit(1)
 	}
@@ -148,7 +149,8 @@ func restConfig(c config) (*rest.Config, error) {
 	return ctrl.GetConfig()
 }
 
-func run(c config) error {
+// run runs the operator until ctx ends.
+func run(ctx context.Context, c config) error {
 	var h slog.Handler
 	opts := &slog.HandlerOptions{Level: c.logLevel}
 	if c.logFormat == "text" {
@@ -191,5 +193,5 @@ func run(c config) error {
 	}
 	slog.Info("starting", "leaderElection", c.leaderElect, "leaseNamespace", c.leaseNamespace,
 		"ipam", c.ops.IPAM, "clusterPool", c.clusterPoolString)
-	return mgr.Start(ctrl.SetupSignalHandler())
+	return mgr.Start(ctx)
 }
