@@ -136,6 +136,8 @@ type Controller struct {
 	hmu       sync.Mutex
 	health    Health
 	cacheSync bool
+
+	done chan struct{} // closed when the reconciler has stopped
 }
 
 // Health is the control-plane part of the agent's health.
@@ -167,7 +169,7 @@ func New(cfg Config) (*Controller, error) {
 		filter = *cfg.Filter
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger.With("component", "k8s"), filter: filter,
-		observed: map[key]time.Time{}, applied: map[key]string{},
+		observed: map[key]time.Time{}, applied: map[key]string{}, done: make(chan struct{}),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[key](),
 			workqueue.TypedRateLimitingQueueConfig[key]{Name: "sigil-agent"}),
 		health: Health{Message: "waiting for the API server"}}
@@ -241,7 +243,8 @@ func (c *Controller) markSynced() {
 
 // Start sets up the informers (retrying while the API server is
 // unreachable), and runs the cache, the connectivity probe and the
-// reconciler until ctx ends. It returns at once.
+// reconciler until ctx ends. It returns at once; Wait waits for the
+// reconciler to stop.
 func (c *Controller) Start(ctx context.Context) {
 	go func() {
 		<-ctx.Done()
@@ -250,6 +253,11 @@ func (c *Controller) Start(ctx context.Context) {
 	go c.probe(ctx)
 	go c.run(ctx)
 }
+
+// Wait blocks until the reconciler, started by Start, has stopped after
+// ctx ended: from then on the controller no longer touches the enforcer
+// (and so the datapath), which may be closed.
+func (c *Controller) Wait() { <-c.done }
 
 func (c *Controller) probe(ctx context.Context) {
 	t := time.NewTicker(c.cfg.ProbeInterval)
@@ -275,6 +283,7 @@ func (c *Controller) probe(ctx context.Context) {
 }
 
 func (c *Controller) run(ctx context.Context) {
+	defer close(c.done)
 	backoff := time.Second
 	for {
 		err := c.setup(ctx)

@@ -81,11 +81,12 @@ func agentRBACConfig(t *testing.T, c client.Client) *rest.Config {
 
 // testAgent is an in-process agent: datapath, enforcer, manager, controller.
 type testAgent struct {
-	dp     *datapath.Datapath
-	enf    *agent.Enforcer
-	m      *agent.Manager
-	ctrl   *k8s.Controller
-	cancel context.CancelFunc
+	dp      *datapath.Datapath
+	enf     *agent.Enforcer
+	m       *agent.Manager
+	ctrl    *k8s.Controller
+	cancel  context.CancelFunc
+	started bool
 }
 
 type agentEnv struct {
@@ -141,12 +142,16 @@ func (e *agentEnv) start(t *testing.T, withController bool) *testAgent {
 	a.cancel = cancel
 	if withController {
 		ctrl.Start(ctx)
+		a.started = true
 	}
 	return a
 }
 
 func (a *testAgent) stop() {
 	a.cancel()
+	if a.started {
+		a.ctrl.Wait()
+	}
 	a.m.Close()
 	a.dp.Close()
 }

@@ -196,6 +196,10 @@ func run() error {
 	case err := <-errc:
 		return err
 	}
+	if cp != nil {
+		stopObs() // also stops the controllers
+		cp.ctrl.Wait()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)
