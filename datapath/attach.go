@@ -226,7 +226,7 @@ func (d *Datapath) detachHooks(ifName string, hooks []hook) error {
 	return d.inNetNS(func() error {
 		var errs []error
 		for _, h := range hooks {
-			if err := os.Remove(d.linkPin(ifName, h.suffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := detachPinnedLink(d.linkPin(ifName, h.suffix)); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -243,6 +243,28 @@ func (d *Datapath) detachHooks(ifName string, hooks []hook) error {
 		}
 		return errors.Join(errs...)
 	})
+}
+
+// detachPinnedLink detaches a pinned link at once and removes its pin.
+// Unpinning alone would leave the kernel to release the link later from a
+// work queue, and packets would still be judged for a while after Detach
+// returned.
+func detachPinnedLink(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		if derr := l.Detach(); derr != nil && !errors.Is(derr, os.ErrNotExist) && !errors.Is(derr, unix.ENOLINK) {
+			l.Close()
+			return fmt.Errorf("detach %s: %w", pin, derr)
+		}
+		l.Close()
+	}
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // AttachedInterfaces lists the interface names with pinned TCX links.

@@ -75,10 +75,15 @@ type FlowEvent struct {
 	Length      uint32
 }
 
+// EventPollInterval bounds how late an event submitted without a wakeup
+// (allowed-flow events, see bpf_lxc.c) reaches a blocked Read.
+const EventPollInterval = 100 * time.Millisecond
+
 // EventReader reads flow events from the ring buffer.
 type EventReader struct {
 	rd       *ringbuf.Reader
 	bootWall time.Time // wall clock at monotonic zero
+	deadline time.Time // the caller's; zero for none
 }
 
 // NewEventReader reads the events of a loaded datapath.
@@ -105,17 +110,29 @@ func newEventReader(m *ebpf.Map) (*EventReader, error) {
 	return &EventReader{rd: rd, bootWall: time.Now().Add(-mono)}, nil
 }
 
-// SetDeadline makes Read return os.ErrDeadlineExceeded after t.
-func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t; the zero
+// time removes the deadline.
+func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
-// Read blocks until the next event. It returns ringbuf.ErrClosed after
-// Close, and os.ErrDeadlineExceeded after the deadline.
+// Read blocks until the next event. It returns ErrClosed after Close, and
+// os.ErrDeadlineExceeded after the deadline. While blocked it looks at the
+// ring every EventPollInterval, since the datapath does not wake readers
+// for every event.
 func (r *EventReader) Read() (FlowEvent, error) {
-	rec, err := r.rd.Read()
-	if err != nil {
-		return FlowEvent{}, err
+	for {
+		poll := time.Now().Add(EventPollInterval)
+		if !r.deadline.IsZero() && r.deadline.Before(poll) {
+			poll = r.deadline
+		}
+		r.rd.SetDeadline(poll)
+		rec, err := r.rd.Read()
+		if err == nil {
+			return r.decode(rec.RawSample)
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) || (!r.deadline.IsZero() && !time.Now().Before(r.deadline)) {
+			return FlowEvent{}, err
+		}
 	}
-	return r.decode(rec.RawSample)
 }
 
 // ErrClosed is returned by Read after Close.

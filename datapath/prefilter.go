@@ -210,7 +210,7 @@ func (p *Prefilter) Attach(ifName string) (XDPMode, error) {
 func (p *Prefilter) Detach(ifName string) error {
 	var errs []error
 	for _, m := range []XDPMode{XDPNative, XDPGeneric} {
-		if err := os.Remove(p.linkPin(ifName, m)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := detachPinnedLink(p.linkPin(ifName, m)); err != nil {
 			errs = append(errs, err)
 		}
 	}

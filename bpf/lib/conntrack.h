@@ -29,6 +29,9 @@ static __always_inline __u64 ct_lifetime(__u8 proto, __u8 flags)
 	return CT_LIFETIME_TCP_SYN * NSEC_PER_SEC;
 }
 
+/* Deadlines use bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC at tick
+ * resolution, plenty for lifetimes of seconds and cheaper per packet. */
+
 /* ct_touch accounts a packet to an entry and refreshes its deadline. Writes
  * other than the counters happen only when something changed. */
 static __always_inline void ct_touch(struct ct_entry *e, const struct pkt4 *p, bool reply, __u64 now)

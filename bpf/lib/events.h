@@ -101,7 +101,7 @@ static __always_inline bool rate_allow(__u32 limit)
 	r = bpf_map_lookup_elem(&sigil_evrate, &zero);
 	if (!r)
 		return false;
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns();
 	if (now - r->window_start >= 1000000000ULL) {
 		r->window_start = now;
 		r->count = 0;

@@ -174,7 +174,7 @@ struct ct4_key {
 #define CT_F_CLOSING    (1U << 1)
 
 struct ct_entry {
-	__u64 expires;   /* bpf_ktime_get_ns() deadline */
+	__u64 expires;   /* CLOCK_MONOTONIC deadline (bpf_ktime_get_coarse_ns) */
 	__u64 packets;
 	__u64 bytes;
 	__u32 cookie;    /* the policy entry that allowed the flow */
