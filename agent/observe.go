@@ -117,11 +117,19 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	if o.Kubernetes != nil {
 		st.Kubernetes = o.Kubernetes()
+	} else if fn := s.k8sHealth.Load(); fn != nil {
+		h := (*fn)()
+		st.Kubernetes = apitypes.KubernetesStatus{Enabled: true, Connected: h.Connected, Message: h.Message}
+		c := apitypes.ControllerStatus{Name: "kubernetes-policy-sync", LastSync: h.LastSync}
+		if !h.Synced {
+			c.LastError = "not synced: " + h.Message
+		}
+		st.Controllers = append(st.Controllers, c)
 	} else {
 		st.Kubernetes.Message = "agent started without Kubernetes"
 	}
 	if o.Controllers != nil {
-		st.Controllers = o.Controllers()
+		st.Controllers = append(st.Controllers, o.Controllers()...)
 	}
 	if o.Flows != nil {
 		st.Flows = o.Flows.Stats()
