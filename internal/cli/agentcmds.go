@@ -124,10 +124,12 @@ func printStatus(w io.Writer, st apitypes.Status, verbose bool) error {
 	switch {
 	case !k.Enabled:
 		fmt.Fprintf(w, "Kubernetes:\tDisabled (%s)\n", dash(k.Message))
+	case k.Connected && k.Server != "":
+		fmt.Fprintf(w, "Kubernetes:\tOk (API server %s)\n", k.Server)
 	case k.Connected:
-		fmt.Fprintf(w, "Kubernetes:\tOk (API server %s)\n", dash(k.Server))
+		fmt.Fprintf(w, "Kubernetes:\tOk (API server reachable)\n")
 	default:
-		fmt.Fprintf(w, "Kubernetes:\tDisconnected from %s: %s\n", dash(k.Server), dash(k.Message))
+		fmt.Fprintf(w, "Kubernetes:\tAPI server unreachable, enforcing the last known state: %s\n", dash(k.Message))
 	}
 	if st.PolicyError != "" {
 		fmt.Fprintf(w, "Policy:\t%s\n", st.PolicyError)
