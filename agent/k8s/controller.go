@@ -86,7 +86,12 @@ type Config struct {
 	// ProbeInterval is how often API-server connectivity is checked for
 	// health (default 5s).
 	ProbeInterval time.Duration
-	Logger        *slog.Logger
+	// Overlay, if set, is kept in step with the SigilNodes: tunnel map,
+	// routes and masquerading (overlay.go).
+	Overlay *agent.Overlay
+	// Prefilter, if set, gets the deny list of the clusterwide policies.
+	Prefilter *agent.NodePrefilter
+	Logger    *slog.Logger
 }
 
 type kind uint8
@@ -422,6 +427,9 @@ func (c *Controller) fullSync(ctx context.Context) error {
 	for _, p := range scnps.Items {
 		errs = append(errs, c.reconcile(ctx, key{kind: kindClusterPolicy, name: p.Name}))
 	}
+	if len(scnps.Items) == 0 {
+		errs = append(errs, c.syncPrefilter(ctx))
+	}
 	errs = append(errs, c.reconcileNodes(ctx))
 	var seps sigilv1.SigilEndpointList
 	errs = append(errs, c.cache.List(ctx, &seps))
@@ -462,8 +470,10 @@ func (c *Controller) reconcile(ctx context.Context, k key) error {
 		return errors.Join(errs...)
 	case kindIdentity:
 		return c.reconcileIdentity(ctx, k)
-	case kindNetworkPolicy, kindSigilPolicy, kindClusterPolicy:
+	case kindNetworkPolicy, kindSigilPolicy:
 		return c.reconcilePolicy(ctx, k)
+	case kindClusterPolicy:
+		return errors.Join(c.reconcilePolicy(ctx, k), c.syncPrefilter(ctx))
 	case kindSigilEndpoint:
 		return c.reconcileSigilEndpoint(ctx, k)
 	case kindNode:
@@ -730,5 +740,5 @@ func (c *Controller) reconcileNodes(ctx context.Context) error {
 		}
 	}
 	c.cfg.Enforcer.SetNodeIPCache(out)
-	return nil
+	return c.syncOverlay(nodes.Items)
 }

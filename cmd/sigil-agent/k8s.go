@@ -101,7 +101,7 @@ type controlPlane struct {
 // newControlPlane builds the enforcer on the BPF datapath and the
 // controllers, and plugs their hooks into the manager's config.
 func newControlPlane(cfg *rest.Config, node string, dp agent.Datapath, mode datapath.EnforcementMode,
-	mcfg *agent.Config, log *slog.Logger) (*controlPlane, error) {
+	mcfg *agent.Config, overlay *agent.Overlay, prefilter *agent.NodePrefilter, log *slog.Logger) (*controlPlane, error) {
 	pdp, ok := dp.(agent.PolicyDatapath)
 	if !ok {
 		return nil, errors.New("Kubernetes policy needs --datapath=bpf")
@@ -112,6 +112,7 @@ func newControlPlane(cfg *rest.Config, node string, dp agent.Datapath, mode data
 	}
 	var ctrl *k8s.Controller
 	ctrl, err = k8s.New(k8s.Config{RestConfig: cfg, NodeName: node, Enforcer: enf, Logger: log,
+		Overlay: overlay, Prefilter: prefilter,
 		Allocate: func(ctx context.Context, l identity.Labels) (datapath.Identity, error) {
 			return identityalloc.Allocate(ctx, ctrl.Client(), l)
 		}})

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -40,13 +41,14 @@ func run() error {
 		confName    = flag.String("cni-conf-name", "05-sigil.conflist", "CNI conflist file name")
 		binDir      = flag.String("cni-bin-dir", "/opt/cni/bin", "where to install sigil-cni (empty: do not install)")
 		cniBinary   = flag.String("cni-binary", "", "the sigil-cni binary to install (default: sigil-cni next to this executable)")
-		mtu         = flag.Int("mtu", 1500, "pod interface MTU written to the CNI config")
+		mtu         = flag.Int("mtu", 1500, "underlay (node interface) MTU; pods get it less the VXLAN overhead in tunnel mode (written to the CNI config)")
 		chainPM     = flag.Bool("cni-chain-portmap", false, "append the portmap plugin to the conflist")
 		dpMode      = flag.String("datapath", "bpf", "datapath: bpf, or none (in-memory, for tests without BPF)")
 		attachMode  = flag.String("attach-mode", "auto", "program attachment: auto, tcx or tc")
 		enforcement = flag.String("enforcement", "default", "policy enforcement mode: default, always or never")
 		policyEnf   = flag.String("policy-enforcement", "", "policy enforcement mode: default, always or never (overrides --enforcement)")
 		kf          = k8sFlags{}
+		of          = overlayFlags{}
 		labelsDir   = flag.String("labels-dir", "", "optional directory of <namespace>/<pod>.json label files")
 		ipForward   = flag.Bool("enable-ipv4-forwarding", false, "set net.ipv4.ip_forward=1 in the agent's network namespace")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
@@ -56,6 +58,7 @@ func run() error {
 	flag.StringVar(&kf.enable, "k8s", "auto", "watch Kubernetes for pods and policies: auto (when --kubeconfig or the in-cluster environment is set), true or false")
 	flag.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubeconfig file (empty: in-cluster config)")
 	flag.StringVar(&kf.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (required with Kubernetes; default $NODE_NAME)")
+	of.register()
 	flag.Parse()
 	if *policyEnf != "" {
 		*enforcement = *policyEnf
@@ -67,6 +70,17 @@ func run() error {
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
+	if of.cleanup {
+		return cleanupNode(*pinDir, *attachMode, of.tunnelDevice, log)
+	}
+	ovCfg, err := of.overlayConfig(*mtu, log)
+	if err != nil {
+		return err
+	}
+	pfCfg, pfOn, err := of.prefilterConfig(*pinDir, log)
+	if err != nil {
+		return err
+	}
 
 	restCfg, err := kf.restConfig()
 	if err != nil {
@@ -100,6 +114,8 @@ func run() error {
 
 	var dp agent.Datapath
 	var bpfDP *datapath.Datapath
+	var overlay *agent.Overlay
+	var prefilter *agent.NodePrefilter
 	switch *dpMode {
 	case "bpf":
 		mode, err := datapath.ParseEnforcementMode(*enforcement)
@@ -110,14 +126,34 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		if err := d.SetRuntimeConfig(datapath.RuntimeConfig{Enforcement: mode,
-			Flags: datapath.ConfigAllowHostIngress | datapath.ConfigTraceNewFlows}); err != nil {
+		rc := datapath.RuntimeConfig{Enforcement: mode, Flags: datapath.ConfigAllowHostIngress | datapath.ConfigTraceNewFlows}
+		if old, err := d.Config.Get(); err == nil {
+			// The tunnel settings of the previous run stay until NewOverlay
+			// sets this run's: no window in which tunnel mode is off.
+			rc.Flags |= old.Flags & datapath.ConfigTunnel
+			rc.TunnelIfIndex = old.TunnelIfIndex
+		}
+		if err := d.SetRuntimeConfig(rc); err != nil {
 			d.Close()
 			return err
+		}
+		if overlay, err = agent.NewOverlay(d, ovCfg); err != nil {
+			d.Close()
+			return err
+		}
+		if pfOn {
+			if prefilter, err = agent.NewPrefilter(pfCfg); err != nil {
+				d.Close()
+				return err
+			}
+			defer prefilter.Close()
 		}
 		dp = agent.NewBPFDatapath(d)
 		bpfDP = d
 	case "none":
+		if pfOn {
+			return errors.New("--prefilter-devices needs --datapath=bpf")
+		}
 		dp = agent.NewMemDatapath()
 	default:
 		return fmt.Errorf("--datapath %q: want bpf or none", *dpMode)
@@ -141,7 +177,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		if cp, err = newControlPlane(restCfg, kf.nodeName, dp, mode, &cfg, log); err != nil {
+		if cp, err = newControlPlane(restCfg, kf.nodeName, dp, mode, &cfg, overlay, prefilter, log); err != nil {
 			return err
 		}
 	}
@@ -181,7 +217,7 @@ func run() error {
 		}
 	}
 	inst := agent.CNIInstall{ConfDir: *confDir, ConfName: *confName, BinDir: *binDir, BinarySrc: src,
-		Socket: *socket, MTU: *mtu, ChainPortmap: *chainPM}
+		Socket: *socket, MTU: agent.PodMTU(ovCfg.Mode, *mtu), ChainPortmap: *chainPM}
 	if err := inst.Install(); err != nil {
 		return err
 	}

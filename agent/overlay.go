@@ -1,0 +1,243 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/sigil-net/sigil/datapath"
+)
+
+// OverlayConfig is the node's multi-node forwarding configuration
+// (docs/datapath.md, "Forwarding and the multi-node datapath").
+type OverlayConfig struct {
+	// Mode is tunnel (VXLAN) or native routing. Empty: tunnel.
+	Mode datapath.RoutingMode
+	// Device is the VXLAN device (default datapath.DefaultTunnelDevice).
+	Device string
+	// Port is the VXLAN UDP port (default datapath.DefaultTunnelPort).
+	Port int
+	// MTU is the underlay MTU (default 1500); the tunnel device and pods get
+	// MTU - datapath.VXLANOverhead in tunnel mode (PodMTU).
+	MTU int
+	// ClusterPoolCIDRs are destinations never masqueraded, besides node
+	// addresses and the nodes' pod CIDRs.
+	ClusterPoolCIDRs []netip.Prefix
+	// Masquerade: pod traffic leaving the cluster takes the node's address.
+	Masquerade bool
+	Logger     *slog.Logger
+}
+
+func (c *OverlayConfig) defaults() {
+	if c.Mode == "" {
+		c.Mode = datapath.RoutingTunnel
+	}
+	if c.Device == "" {
+		c.Device = datapath.DefaultTunnelDevice
+	}
+	if c.Port == 0 {
+		c.Port = datapath.DefaultTunnelPort
+	}
+	if c.MTU == 0 {
+		c.MTU = 1500
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// PodMTU is the MTU pods get (the CNI conflist's): the underlay MTU, less
+// the VXLAN overhead in tunnel mode.
+func PodMTU(mode datapath.RoutingMode, underlayMTU int) int {
+	if mode == datapath.RoutingNative {
+		return underlayMTU
+	}
+	return underlayMTU - datapath.VXLANOverhead
+}
+
+// OverlayNode is one node of the cluster as the overlay needs it (from its
+// SigilNode).
+type OverlayNode struct {
+	Name           string
+	InternalIP     netip.Addr
+	TunnelEndpoint netip.Addr // zero: InternalIP
+	PodCIDRs       []netip.Prefix
+}
+
+func (n OverlayNode) tunnelEndpoint() netip.Addr {
+	if n.TunnelEndpoint.IsValid() {
+		return n.TunnelEndpoint
+	}
+	return n.InternalIP
+}
+
+// Overlay programs the node's forwarding to other nodes: the tunnel device
+// and runtime flags (NewOverlay), and from the cluster's nodes the tunnel
+// map, Sigil's routes and the masquerade chain (Sync). Nothing is removed
+// when the agent stops: traffic keeps flowing while it is down, and Sync is
+// idempotent, so a restarted agent converges. CleanupOverlay removes it all.
+type Overlay struct {
+	cfg     OverlayConfig
+	dp      *datapath.Datapath
+	ifIndex int
+
+	mu sync.Mutex
+}
+
+// NewOverlay sets up the node's routing mode on a loaded datapath: in tunnel
+// mode it creates (or reuses) the VXLAN device and sets the ConfigTunnel
+// flag and its ifindex in the runtime config, keeping every other setting;
+// in native mode it clears them and removes a tunnel device an earlier run
+// left.
+func NewOverlay(dp *datapath.Datapath, cfg OverlayConfig) (*Overlay, error) {
+	cfg.defaults()
+	if _, err := datapath.ParseRoutingMode(string(cfg.Mode)); err != nil {
+		return nil, err
+	}
+	o := &Overlay{cfg: cfg, dp: dp}
+	rc, err := dp.Config.Get()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Mode == datapath.RoutingTunnel {
+		idx, err := dp.EnsureTunnel(cfg.Device, cfg.Port, PodMTU(cfg.Mode, cfg.MTU))
+		if err != nil {
+			return nil, fmt.Errorf("overlay: %w", err)
+		}
+		o.ifIndex = idx
+		rc.Flags |= datapath.ConfigTunnel
+		rc.TunnelIfIndex = uint32(idx)
+	} else {
+		rc.Flags &^= datapath.ConfigTunnel
+		rc.TunnelIfIndex = 0
+	}
+	if err := dp.SetRuntimeConfig(rc); err != nil {
+		return nil, err
+	}
+	if cfg.Mode == datapath.RoutingNative {
+		if err := dp.RemoveTunnel(cfg.Device); err != nil {
+			return nil, fmt.Errorf("overlay: remove the tunnel device of an earlier run: %w", err)
+		}
+	}
+	cfg.Logger.Info("overlay ready", "routingMode", string(cfg.Mode), "tunnelDevice", cfg.Device,
+		"tunnelIfIndex", o.ifIndex, "podMTU", PodMTU(cfg.Mode, cfg.MTU), "masquerade", cfg.Masquerade)
+	return o, nil
+}
+
+// Mode is the routing mode.
+func (o *Overlay) Mode() datapath.RoutingMode { return o.cfg.Mode }
+
+// OverlayState is what Sync programs for a set of nodes.
+type OverlayState struct {
+	Tunnel     map[netip.Prefix]netip.Addr
+	Routes     []datapath.PodRoute
+	Masquerade *datapath.MasqueradeConfig // nil: masquerading off
+}
+
+// State computes the tunnel map, routes and masquerade configuration for
+// node self among nodes.
+func (o *Overlay) State(self string, nodes []OverlayNode) OverlayState {
+	st := OverlayState{Tunnel: map[netip.Prefix]netip.Addr{}}
+	var own, all []netip.Prefix
+	nonMasq := slices.Clone(o.cfg.ClusterPoolCIDRs)
+	sorted := slices.Clone(nodes)
+	slices.SortFunc(sorted, func(a, b OverlayNode) int {
+		if a.Name < b.Name {
+			return -1
+		} else if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	for _, n := range sorted {
+		if n.InternalIP.IsValid() {
+			nonMasq = append(nonMasq, netip.PrefixFrom(n.InternalIP, n.InternalIP.BitLen()))
+		}
+		for _, p := range n.PodCIDRs {
+			if !p.Addr().Is4() {
+				continue
+			}
+			all = append(all, p.Masked())
+			if n.Name == self {
+				own = append(own, p.Masked())
+			}
+		}
+		if n.Name == self {
+			continue
+		}
+		tep := n.tunnelEndpoint()
+		for _, p := range n.PodCIDRs {
+			if !p.Addr().Is4() {
+				continue
+			}
+			switch o.cfg.Mode {
+			case datapath.RoutingTunnel:
+				if tep.IsValid() {
+					st.Tunnel[p.Masked()] = tep
+					st.Routes = append(st.Routes, datapath.PodRoute{Dst: p.Masked(), Device: o.cfg.Device})
+				}
+			case datapath.RoutingNative:
+				if n.InternalIP.IsValid() && n.InternalIP.Is4() {
+					st.Routes = append(st.Routes, datapath.PodRoute{Dst: p.Masked(), Via: n.InternalIP})
+				}
+			}
+		}
+		if o.cfg.Mode == datapath.RoutingTunnel && tep.IsValid() && n.InternalIP.IsValid() && n.InternalIP.Is4() {
+			st.Tunnel[netip.PrefixFrom(n.InternalIP, 32)] = tep
+		}
+	}
+	if o.cfg.Masquerade {
+		st.Masquerade = &datapath.MasqueradeConfig{PodCIDRs: own, NonMasquerade: append(nonMasq, all...)}
+	}
+	return st
+}
+
+// Sync programs the tunnel map, routes and masquerade chain for node self
+// among nodes (self included). Idempotent.
+func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	st := o.State(self, nodes)
+	var errs []error
+	if err := o.dp.Tunnel.Sync(st.Tunnel); err != nil {
+		errs = append(errs, fmt.Errorf("tunnel map: %w", err))
+	}
+	if err := o.dp.SyncRoutes(st.Routes); err != nil {
+		errs = append(errs, fmt.Errorf("routes: %w", err))
+	}
+	if st.Masquerade != nil {
+		// Without an own pod CIDR there is nothing to masquerade yet.
+		if len(st.Masquerade.PodCIDRs) > 0 {
+			if err := o.dp.SyncMasquerade(*st.Masquerade); err != nil {
+				errs = append(errs, fmt.Errorf("masquerade: %w", err))
+			}
+		}
+	} else if err := o.dp.RemoveMasquerade(); err != nil {
+		errs = append(errs, fmt.Errorf("masquerade: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	o.cfg.Logger.Debug("overlay synced", "nodes", len(nodes), "tunnelEntries", len(st.Tunnel), "routes", len(st.Routes))
+	return nil
+}
+
+// CleanupOverlay removes what the overlay installed on the node: Sigil's
+// routes, the masquerade chain, the tunnel map entries and the tunnel device
+// (for uninstall; `sigil-agent --cleanup`).
+func CleanupOverlay(dp *datapath.Datapath, device string) error {
+	if device == "" {
+		device = datapath.DefaultTunnelDevice
+	}
+	errs := []error{dp.SyncRoutes(nil), dp.RemoveMasquerade(), dp.Tunnel.Sync(nil)}
+	if rc, err := dp.Config.Get(); err == nil {
+		rc.Flags &^= datapath.ConfigTunnel
+		rc.TunnelIfIndex = 0
+		errs = append(errs, dp.SetRuntimeConfig(rc))
+	}
+	errs = append(errs, dp.RemoveTunnel(device))
+	return errors.Join(errs...)
+}
