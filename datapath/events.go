@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -82,8 +81,9 @@ const EventPollInterval = 100 * time.Millisecond
 // EventReader reads flow events from the ring buffer.
 type EventReader struct {
 	rd       *ringbuf.Reader
-	bootWall time.Time // wall clock at monotonic zero
-	deadline time.Time // the caller's; zero for none
+	rec      ringbuf.Record // reused: reading allocates nothing per event
+	bootWall time.Time      // wall clock at monotonic zero
+	deadline time.Time      // the caller's; zero for none
 }
 
 // NewEventReader reads the events of a loaded datapath.
@@ -125,9 +125,9 @@ func (r *EventReader) Read() (FlowEvent, error) {
 			poll = r.deadline
 		}
 		r.rd.SetDeadline(poll)
-		rec, err := r.rd.Read()
+		err := r.rd.ReadInto(&r.rec)
 		if err == nil {
-			return r.decode(rec.RawSample)
+			return r.decode(r.rec.RawSample)
 		}
 		if !errors.Is(err, os.ErrDeadlineExceeded) || (!r.deadline.IsZero() && !time.Now().Before(r.deadline)) {
 			return FlowEvent{}, err
@@ -141,29 +141,38 @@ var ErrClosed = ringbuf.ErrClosed
 // IsTimeout reports whether err is a Read deadline.
 func IsTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
+// flowEventSize is sizeof(struct flow_event); layout_test.go checks it.
+var flowEventSize = binary.Size(flowEventRaw{})
+
+// decode reads a struct flow_event field by field (offsets as in
+// bpf/lib/events.h), without reflection.
 func (r *EventReader) decode(raw []byte) (FlowEvent, error) {
-	var e flowEventRaw
-	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
-		return FlowEvent{}, fmt.Errorf("decode flow event (%d bytes): %w", len(raw), err)
+	if len(raw) < flowEventSize {
+		return FlowEvent{}, fmt.Errorf("decode flow event: %d bytes, want %d", len(raw), flowEventSize)
 	}
+	ne := binary.NativeEndian
+	var saddr, daddr [16]byte
+	copy(saddr[:], raw[24:40])
+	copy(daddr[:], raw[40:56])
+	family := raw[60]
 	return FlowEvent{
-		Time:        r.bootWall.Add(time.Duration(e.Timestamp)),
-		EndpointID:  e.EpID,
-		IfIndex:     e.IfIndex,
-		SrcIdentity: Identity(e.SrcIdentity),
-		DstIdentity: Identity(e.DstIdentity),
-		Src:         addrFrom(e.Saddr, e.Family),
-		Dst:         addrFrom(e.Daddr, e.Family),
-		SrcPort:     fromBE16(e.Sport),
-		DstPort:     fromBE16(e.Dport),
-		Proto:       e.Proto,
-		Direction:   Direction(e.Direction),
-		Type:        EventType(e.Type),
-		Verdict:     Verdict(e.Verdict),
-		Reason:      Reason(e.Reason),
-		TCPFlags:    e.TCPFlags,
-		Cookie:      e.Cookie,
-		Length:      e.PktLen,
+		Time:        r.bootWall.Add(time.Duration(ne.Uint64(raw[0:8]))),
+		EndpointID:  ne.Uint32(raw[8:12]),
+		IfIndex:     ne.Uint32(raw[12:16]),
+		SrcIdentity: Identity(ne.Uint32(raw[16:20])),
+		DstIdentity: Identity(ne.Uint32(raw[20:24])),
+		Src:         addrFrom(saddr, family),
+		Dst:         addrFrom(daddr, family),
+		SrcPort:     binary.BigEndian.Uint16(raw[56:58]),
+		DstPort:     binary.BigEndian.Uint16(raw[58:60]),
+		Proto:       raw[61],
+		Direction:   Direction(raw[62]),
+		Type:        EventType(raw[63]),
+		Verdict:     Verdict(raw[64]),
+		Reason:      Reason(raw[65]),
+		TCPFlags:    raw[66],
+		Cookie:      ne.Uint32(raw[68:72]),
+		Length:      ne.Uint32(raw[72:76]),
 	}, nil
 }
 

@@ -1,8 +1,11 @@
 package datapath
 
 import (
+	"bytes"
 	"encoding/binary"
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf/btf"
 )
@@ -132,5 +135,37 @@ func TestPortRangePrefixes(t *testing.T) {
 				t.Fatalf("range %v: port %d covered %d times", r, p, in)
 			}
 		}
+	}
+}
+
+// TestFlowEventDecode checks the hand-written decoder against the struct
+// layout, field by field.
+func TestFlowEventDecode(t *testing.T) {
+	raw := flowEventRaw{Timestamp: 5e9, EpID: 7, IfIndex: 3, SrcIdentity: 1001, DstIdentity: 1002,
+		Sport: be16(40000), Dport: be16(8080), Family: familyIPv4, Proto: 6, Direction: 1, Type: 2,
+		Verdict: 2, Reason: 2, TCPFlags: 0x02, Cookie: 42, PktLen: 74}
+	copy(raw.Saddr[:], []byte{198, 18, 0, 1})
+	copy(raw.Daddr[:], []byte{198, 18, 0, 2})
+	var buf bytes.Buffer
+	if err := binary.Write(&buf, binary.NativeEndian, raw); err != nil {
+		t.Fatal(err)
+	}
+	r := &EventReader{}
+	got, err := r.decode(buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := FlowEvent{Time: got.Time, EndpointID: 7, IfIndex: 3, SrcIdentity: 1001, DstIdentity: 1002,
+		Src: netip.MustParseAddr("198.18.0.1"), Dst: netip.MustParseAddr("198.18.0.2"), SrcPort: 40000, DstPort: 8080,
+		Proto: 6, Direction: Egress, Type: EventDrop, Verdict: VerdictDropped, Reason: DropPolicyDefault,
+		TCPFlags: 0x02, Cookie: 42, Length: 74}
+	if got != want {
+		t.Errorf("decoded %+v\nwant    %+v", got, want)
+	}
+	if got.Time.Sub(r.bootWall) != 5*time.Second {
+		t.Errorf("time %v", got.Time)
+	}
+	if _, err := r.decode(buf.Bytes()[:40]); err == nil {
+		t.Error("short event decoded")
 	}
 }

@@ -105,10 +105,11 @@ func closeAll(raw map[string]*ebpf.Map) {
 }
 
 func countEntries(m *ebpf.Map) (int, error) {
-	var k []byte
+	k := make([]byte, m.KeySize())
+	v := make([]byte, m.ValueSize())
 	n := 0
 	it := m.Iterate()
-	for it.Next(&k, nil) {
+	for it.Next(&k, &v) {
 		n++
 	}
 	return n, it.Err()

@@ -314,6 +314,23 @@ func TestConntrack(t *testing.T) {
 	}
 }
 
+func TestMapPressure(t *testing.T) {
+	dt.RequireBPF(t)
+	h := setup(t, datapath.EndpointEnforceEgress, datapath.RuntimeConfig{})
+	h.SetPolicy(epA, entries(allow(idB, datapath.Egress, tcp, 80, 16)))
+	p, err := h.Pressure()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One endpoint; its own /32 plus B, C and the host in the ipcache; one
+	// endpoint with a policy map.
+	for name, want := range map[string]int{datapath.MapEndpoints: 1, datapath.MapIPCache: 4, datapath.MapPolicy: 1, datapath.MapCT4: 0} {
+		if p[name][0] != want || p[name][1] == 0 {
+			t.Errorf("%s: %d of %d entries, want %d", name, p[name][0], p[name][1], want)
+		}
+	}
+}
+
 func entries0() datapath.PolicyMapEntries { return datapath.PolicyMapEntries{} }
 
 func TestMalformedAndSpecialPackets(t *testing.T) {
