@@ -46,6 +46,23 @@ static __always_inline void pf_event(struct xdp_md *ctx, const struct iphdr *ip,
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* pf_match returns the rule a source address is denied by, or NULL. */
+static __always_inline struct pf_entry *pf_match(__be32 saddr)
+{
+	struct pf4_key k = { .prefixlen = 32, .addr = saddr };
+	struct pf_entry *hit;
+	__u32 zero = 0;
+	void *list;
+
+	list = bpf_map_lookup_elem(&sigil_pf4, &zero);
+	if (!list)
+		return NULL;
+	hit = bpf_map_lookup_elem(list, &k);
+	if (!hit || (hit->flags & PF_F_PASS))
+		return NULL;
+	return hit;
+}
+
 SEC("xdp")
 int xdp_prefilter(struct xdp_md *ctx)
 {
@@ -55,9 +72,8 @@ int xdp_prefilter(struct xdp_md *ctx)
 	struct iphdr *ip;
 	struct pf_entry *hit;
 	struct pf_stats *st;
-	__u32 zero = 0, off = sizeof(*eth);
+	__u32 off = sizeof(*eth);
 	__be16 proto;
-	void *list;
 
 	if ((void *)(eth + 1) > data_end)
 		return XDP_PASS;
@@ -78,14 +94,8 @@ int xdp_prefilter(struct xdp_md *ctx)
 	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
 		return XDP_PASS;
 
-	list = bpf_map_lookup_elem(&sigil_pf4, &zero);
-	if (!list)
-		return XDP_PASS;
-	{
-		struct pf4_key k = { .prefixlen = 32, .addr = ip->saddr };
-		hit = bpf_map_lookup_elem(list, &k);
-	}
-	if (!hit || (hit->flags & PF_F_PASS))
+	hit = pf_match(ip->saddr);
+	if (!hit)
 		return XDP_PASS;
 
 	st = bpf_map_lookup_elem(&sigil_pf_stats, &hit->rule_id);
@@ -99,4 +109,28 @@ int xdp_prefilter(struct xdp_md *ctx)
 		}
 	}
 	return XDP_DROP;
+}
+
+/* tc_prefilter is the same deny list as a tc ingress program, after the skb
+ * exists: not attached by Sigil, kept so benchmarks can compare the hook
+ * points with identical logic (make bench-prefilter). */
+SEC("tc")
+int tc_prefilter(struct __sk_buff *skb)
+{
+	struct iphdr ip;
+	struct pf_entry *hit;
+	struct pf_stats *st;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP) ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return TC_ACT_UNSPEC;
+	hit = pf_match(ip.saddr);
+	if (!hit)
+		return TC_ACT_UNSPEC;
+	st = bpf_map_lookup_elem(&sigil_pf_stats, &hit->rule_id);
+	if (st) {
+		st->packets++;
+		st->bytes += skb->len;
+	}
+	return TC_ACT_SHOT;
 }

@@ -154,6 +154,10 @@ func (p *Prefilter) Close() error {
 // Program returns the XDP program, for tests and benchmarks.
 func (p *Prefilter) Program() *ebpf.Program { return p.prog }
 
+// TCProgram returns the same deny list as a tc program (tc_prefilter),
+// which Sigil does not attach: benchmarks compare the two hook points with it.
+func (p *Prefilter) TCProgram() *ebpf.Program { return p.coll.Programs["tc_prefilter"] }
+
 func (p *Prefilter) linkPin(ifName string, mode XDPMode) string {
 	return filepath.Join(p.cfg.PinDir, "links", "xdp-"+ifName+"-"+string(mode))
 }

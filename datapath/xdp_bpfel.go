@@ -48,6 +48,7 @@ const (
 	xdpMapSigilEvstats       = "sigil_evstats"
 	xdpMapSigilPf4           = "sigil_pf4"
 	xdpMapSigilPfStats       = "sigil_pf_stats"
+	xdpProgTcPrefilter       = "tc_prefilter"
 	xdpProgXdpPrefilter      = "xdp_prefilter"
 	xdpVarSigilUnusedPf4Key  = "__sigil_unused_pf4_key"
 	xdpVarSigilUnusedPfEntry = "__sigil_unused_pf_entry"
@@ -95,6 +96,7 @@ type xdpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpProgramSpecs struct {
+	TcPrefilter  *ebpf.ProgramSpec `ebpf:"tc_prefilter"`
 	XdpPrefilter *ebpf.ProgramSpec `ebpf:"xdp_prefilter"`
 }
 
@@ -166,11 +168,13 @@ type xdpVariables struct {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpPrograms struct {
+	TcPrefilter  *ebpf.Program `ebpf:"tc_prefilter"`
 	XdpPrefilter *ebpf.Program `ebpf:"xdp_prefilter"`
 }
 
 func (p *xdpPrograms) Close() error {
 	return _XdpClose(
+		p.TcPrefilter,
 		p.XdpPrefilter,
 	)
 }
