@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 
 	"github.com/sigil-net/sigil/agent/apitypes"
+
+	"github.com/sigil-net/sigil/identity"
 )
 
 // LabelSource resolves the security-relevant labels of a pod. Until the
@@ -73,23 +74,9 @@ func (r RequestLabels) PodLabels(req apitypes.EndpointRequest) (map[string]strin
 	return out, nil
 }
 
-// LabelKey is the canonical string of a label set.
+// LabelKey is the canonical string of a label set (identity.Labels.String).
 func LabelKey(labels map[string]string) string {
-	keys := make([]string, 0, len(labels))
-	for k := range labels {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteByte(';')
-		}
-		b.WriteString(k)
-		b.WriteByte('=')
-		b.WriteString(labels[k])
-	}
-	return b.String()
+	return identity.Labels(labels).String()
 }
 
 // LocalIdentities is a node-local label-set -> identity allocator, IDs from
