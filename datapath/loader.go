@@ -103,7 +103,7 @@ func Load(cfg Config) (*Datapath, error) {
 	for _, name := range pinnedMaps {
 		raw[name] = coll.Maps[name]
 	}
-	maps := newMaps(raw)
+	maps := newMaps(raw, cfg.PinDir)
 	maps.Policy.innerMax = spec.Maps[MapPolicy].InnerMap.MaxEntries
 
 	d := &Datapath{Maps: maps, cfg: cfg, log: log, coll: coll,
@@ -220,9 +220,6 @@ func migrateEntries(name string, from, to *ebpf.Map, log *slog.Logger) {
 
 // Mode returns the attach mode in use (TCX or tc).
 func (d *Datapath) Mode() AttachMode { return d.mode }
-
-// PinDir returns the bpffs directory the datapath is pinned under.
-func (d *Datapath) PinDir() string { return d.cfg.PinDir }
 
 // SetRuntimeConfig writes the runtime configuration.
 func (d *Datapath) SetRuntimeConfig(rc RuntimeConfig) error { return d.Config.Set(rc) }

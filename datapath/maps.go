@@ -44,7 +44,8 @@ type Maps struct {
 	Metrics   *Metrics
 	Config    *ConfigMap
 
-	raw map[string]*ebpf.Map
+	raw    map[string]*ebpf.Map
+	pinDir string
 }
 
 // OpenPinned opens the maps pinned under pinDir, without loading programs.
@@ -58,10 +59,10 @@ func OpenPinned(pinDir string) (*Maps, error) {
 		}
 		raw[name] = m
 	}
-	return newMaps(raw), nil
+	return newMaps(raw, pinDir), nil
 }
 
-func newMaps(raw map[string]*ebpf.Map) *Maps {
+func newMaps(raw map[string]*ebpf.Map, pinDir string) *Maps {
 	return &Maps{
 		Endpoints: &EndpointMap{m: raw[MapEndpoints]},
 		IPCache:   &IPCache{m: raw[MapIPCache]},
@@ -71,8 +72,12 @@ func newMaps(raw map[string]*ebpf.Map) *Maps {
 		Metrics:   &Metrics{m: raw[MapMetrics], evstats: raw[MapEvStats]},
 		Config:    &ConfigMap{m: raw[MapConfig]},
 		raw:       raw,
+		pinDir:    pinDir,
 	}
 }
+
+// PinDir is the bpffs directory the maps are pinned under.
+func (ms *Maps) PinDir() string { return ms.pinDir }
 
 // Map returns the raw map by pinned name, or nil.
 func (ms *Maps) Map(name string) *ebpf.Map { return ms.raw[name] }

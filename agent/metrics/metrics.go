@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -79,6 +81,10 @@ var (
 		"Endpoints managed by the agent.", nil, nil)
 	descIdentities = prometheus.NewDesc(namespace+"_identities",
 		"Security identities known to the agent.", nil, nil)
+	descPrefilterDrops = prometheus.NewDesc(namespace+"_prefilter_drop_count_total",
+		"Packets dropped by the XDP prefilter, by denied CIDR.", []string{"cidr"}, nil)
+	descPrefilterDropBytes = prometheus.NewDesc(namespace+"_prefilter_drop_bytes_total",
+		"Bytes dropped by the XDP prefilter, by denied CIDR.", []string{"cidr"}, nil)
 	descScrapeErrors = prometheus.NewDesc(namespace+"_metrics_scrape_errors_total",
 		"Errors reading BPF maps while collecting metrics.", nil, nil)
 )
@@ -108,7 +114,8 @@ func NewCollector(src Sources) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descForwardPackets, descForwardBytes, descDropPackets, descDropBytes,
 		descMapPressure, descMapEntries, descMapCapacity, descDatapathLost, descPolicyVerdicts, descFlowsSeen,
-		descFlowsLost, descFlowSubscribers, descEndpoints, descIdentities, descScrapeErrors} {
+		descFlowsLost, descFlowSubscribers, descEndpoints, descIdentities, descScrapeErrors,
+		descPrefilterDrops, descPrefilterDropBytes} {
 		ch <- d
 	}
 }
@@ -167,6 +174,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 				gauge(descMapPressure, float64(v[0])/float64(v[1]), name)
 			}
 		}
+		c.collectPrefilter(ms.PinDir(), counter)
 		counter(descScrapeErrors, float64(c.scrapeErr))
 	}
 	if p := c.src.Flows; p != nil {
@@ -189,6 +197,29 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if f := c.src.Identities; f != nil {
 		gauge(descIdentities, float64(f()))
+	}
+}
+
+// collectPrefilter exports the XDP prefilter's per-CIDR drop counters, when
+// a prefilter is pinned beside the datapath.
+func (c *Collector) collectPrefilter(pinDir string, counter func(*prometheus.Desc, float64, ...string)) {
+	if pinDir == "" {
+		return
+	}
+	if _, err := os.Stat(filepath.Join(pinDir, datapath.MapPrefilter4)); err != nil {
+		return
+	}
+	entries, err := datapath.ListPinnedPrefilter(pinDir)
+	if err != nil {
+		c.fail("prefilter", err)
+		return
+	}
+	for _, e := range entries {
+		if e.Except {
+			continue
+		}
+		counter(descPrefilterDrops, float64(e.Packets), e.Prefix.String())
+		counter(descPrefilterDropBytes, float64(e.Bytes), e.Prefix.String())
 	}
 }
 

@@ -12,11 +12,26 @@ import (
 	"github.com/sigil-net/sigil/agent/flows"
 	"github.com/sigil-net/sigil/datapath"
 	dt "github.com/sigil-net/sigil/datapath/datapathtest"
+
+	"github.com/cilium/ebpf"
 )
 
 func TestServeMetrics(t *testing.T) {
 	h := dt.New(t, datapath.Config{})
 	if err := h.Endpoints.Upsert(netip.MustParseAddr("198.18.60.2"), datapath.EndpointInfo{ID: 1, Identity: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	// A prefilter pinned beside the datapath, which dropped 3 packets.
+	pf, err := datapath.LoadPrefilter(datapath.PrefilterConfig{PinDir: h.PinDir(), MaxEntries: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	if err := pf.Replace([]datapath.PrefilterRule{{Prefix: netip.MustParsePrefix("198.18.66.0/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	frame := dt.Packet{Src: netip.MustParseAddr("198.18.66.7"), Dst: netip.MustParseAddr("198.18.60.2"), Proto: 17}.Bytes()
+	if _, err := pf.Program().Run(&ebpf.RunOptions{Data: frame, Repeat: 3}); err != nil {
 		t.Fatal(err)
 	}
 	pipe := flows.New(flows.Config{Capacity: 4})
@@ -48,6 +63,7 @@ func TestServeMetrics(t *testing.T) {
 		`sigil_flow_events_lost_total{source="client-too-slow"} 0`,
 		`sigil_endpoints 1`,
 		`sigil_identities 9`,
+		`sigil_prefilter_drop_count_total{cidr="198.18.66.0/24"} 3`,
 		`sigil_api_request_duration_seconds_count{code="404",method="GET",route="unmatched"}`,
 		`go_goroutines`, // the default registry is served too
 	} {
