@@ -5,3 +5,4 @@ package datapath
 // and CI fails when the committed output is stale.
 //go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -mcpu=v3 -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type endpoint_key -type endpoint_info -type ipcache_key -type ipcache_entry -type policy_key -type policy_entry -type ct4_key -type ct_entry -type metrics_value -type runtime_config -type flow_event -type sigil_reason -type sigil_reserved_identity lxc ../bpf/bpf_lxc.c
 //go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -mcpu=v3 -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type pf4_key -type pf_entry -type pf_stats xdp ../bpf/bpf_xdp.c
+//go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -mcpu=v3 -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type lb4_key -type lb4_service -type lb4_backend -type lb4_reverse_nat -type lb4_sock_key -type lb_affinity_key -type lb_affinity_value sock ../bpf/bpf_sock.c

@@ -43,6 +43,26 @@ func TestLayoutsMatchBTF(t *testing.T) {
 			t.Errorf("%s: Go mirror is %d bytes, C struct is %d", tc.cName, got, want)
 		}
 	}
+	sock, err := loadSock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cName string
+		goVal any
+	}{
+		{"lb4_key", lb4Key{}}, {"lb4_service", lb4Service{}}, {"lb4_backend", lb4Backend{}},
+		{"lb4_reverse_nat", lb4RevNAT{}}, {"lb_affinity_value", [16]byte{}},
+	} {
+		var st *btf.Struct
+		if err := sock.Types.TypeByName(tc.cName, &st); err != nil {
+			t.Errorf("%s: %v", tc.cName, err)
+			continue
+		}
+		if got, want := binary.Size(tc.goVal), int(st.Size); got != want {
+			t.Errorf("%s: Go mirror is %d bytes, C struct is %d", tc.cName, got, want)
+		}
+	}
 	if got := innerPolicySpec(1); got.KeySize != uint32(binary.Size(policyKey{})) || got.ValueSize != uint32(binary.Size(policyValue{})) {
 		t.Errorf("inner policy map spec sizes %d/%d do not match the key and value", got.KeySize, got.ValueSize)
 	}
