@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/sigil-net/sigil/datapath"
 )
@@ -90,7 +91,16 @@ func (b *BPFDatapath) Attach(ifName string, ifIndex int) error {
 
 func (b *BPFDatapath) Detach(ifName string) error { return b.DP.DetachEndpoint(ifName) }
 
-func (b *BPFDatapath) Attached() ([]string, error) { return b.DP.AttachedInterfaces() }
+// Attached lists the endpoint interfaces with programs; the node's tunnel
+// device (NewOverlay) carries programs too but is no endpoint, so restore
+// never detaches it as stale.
+func (b *BPFDatapath) Attached() ([]string, error) {
+	names, err := b.DP.AttachedInterfaces()
+	if dev, ok := tunnelDevices.Load(b.DP); ok {
+		names = slices.DeleteFunc(names, func(n string) bool { return n == dev.(string) })
+	}
+	return names, err
+}
 
 func (b *BPFDatapath) FlushConntrack(ip netip.Addr) error {
 	_, err := b.DP.Conntrack.FlushAddr(ip)

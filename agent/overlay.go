@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/sigil-net/sigil/datapath"
@@ -108,6 +109,7 @@ func NewOverlay(dp *datapath.Datapath, cfg OverlayConfig) (*Overlay, error) {
 			return nil, fmt.Errorf("overlay: %w", err)
 		}
 		o.ifIndex = idx
+		tunnelDevices.Store(dp, cfg.Device)
 		rc.Flags |= datapath.ConfigTunnel
 		rc.TunnelIfIndex = uint32(idx)
 	} else {
@@ -126,6 +128,10 @@ func NewOverlay(dp *datapath.Datapath, cfg OverlayConfig) (*Overlay, error) {
 		"tunnelIfIndex", o.ifIndex, "podMTU", PodMTU(cfg.Mode, cfg.MTU), "masquerade", cfg.Masquerade)
 	return o, nil
 }
+
+// tunnelDevices maps a datapath to its tunnel device, which has programs
+// attached but is not an endpoint (BPFDatapath.Attached leaves it out).
+var tunnelDevices sync.Map
 
 // Mode is the routing mode.
 func (o *Overlay) Mode() datapath.RoutingMode { return o.cfg.Mode }
@@ -205,7 +211,7 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	if err := o.dp.Tunnel.Sync(st.Tunnel); err != nil {
 		errs = append(errs, fmt.Errorf("tunnel map: %w", err))
 	}
-	if err := o.dp.SyncRoutes(st.Routes); err != nil {
+	if err := o.syncRoutes(st.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
 	if st.Masquerade != nil {
@@ -223,6 +229,28 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	}
 	o.cfg.Logger.Debug("overlay synced", "nodes", len(nodes), "tunnelEntries", len(st.Tunnel), "routes", len(st.Routes))
 	return nil
+}
+
+// syncRoutes is SyncRoutes that does not let one route the kernel refuses
+// (a node whose address is unreachable from here) keep the others out: the
+// refused route is left out and the rest synced; the error is still
+// returned, so the caller retries.
+func (o *Overlay) syncRoutes(routes []datapath.PodRoute) error {
+	var refused []error
+	for {
+		err := o.dp.SyncRoutes(routes)
+		if err == nil {
+			return errors.Join(refused...)
+		}
+		i := slices.IndexFunc(routes, func(r datapath.PodRoute) bool {
+			return strings.HasPrefix(err.Error(), "route "+r.Dst.String()+":")
+		})
+		if i < 0 {
+			return errors.Join(append(refused, err)...)
+		}
+		refused = append(refused, err)
+		routes = slices.Delete(slices.Clone(routes), i, i+1)
+	}
 }
 
 // CleanupOverlay removes what the overlay installed on the node: Sigil's
