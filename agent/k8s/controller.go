@@ -56,6 +56,8 @@ import (
 // +kubebuilder:rbac:groups=sigil.io,resources=sigilnetworkpolicies;sigilclusterwidenetworkpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=sigil.io,resources=sigilendpoints;sigilnodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=sigil.io,resources=sigilidentities,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 
 // Scheme returns a scheme with the core, networking and Sigil types.
 func Scheme() *runtime.Scheme {
