@@ -26,6 +26,8 @@ type Server struct {
 	obs observeState // observability routes (observe.go)
 	// k8sHealth reports the control plane (SetK8sHealth); nil: off.
 	k8sHealth atomic.Pointer[func() apitypes.K8sHealth]
+	// services lists the socket load-balancer's services (SetServices).
+	services atomic.Pointer[ServiceSource]
 }
 
 // SetK8sHealth makes /v1/healthz report the Kubernetes control plane.
@@ -70,6 +72,7 @@ func NewServer(m *Manager, log *slog.Logger) *Server {
 	mux.HandleFunc("GET /v1/endpoints", s.listEndpoints)
 	mux.HandleFunc("POST /v1/gc", s.gc)
 	mux.HandleFunc("GET /v1/ipam", s.listIPAM)
+	mux.HandleFunc("GET /v1/services", s.listServices)
 	s.routeObservability(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, apitypes.CodeNotFound, fmt.Sprintf("no route %s %s (API %s)", r.Method, r.URL.Path, apitypes.Version))

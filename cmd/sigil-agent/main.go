@@ -49,6 +49,7 @@ func run() error {
 		policyEnf   = flag.String("policy-enforcement", "", "policy enforcement mode: default, always or never (overrides --enforcement)")
 		kf          = k8sFlags{}
 		of          = overlayFlags{}
+		sf          = serviceFlags{}
 		labelsDir   = flag.String("labels-dir", "", "optional directory of <namespace>/<pod>.json label files")
 		ipForward   = flag.Bool("enable-ipv4-forwarding", false, "set net.ipv4.ip_forward=1 in the agent's network namespace")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
@@ -59,6 +60,7 @@ func run() error {
 	flag.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubeconfig file (empty: in-cluster config)")
 	flag.StringVar(&kf.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (required with Kubernetes; default $NODE_NAME)")
 	of.register()
+	sf.register()
 	flag.Parse()
 	if *policyEnf != "" {
 		*enforcement = *policyEnf
@@ -209,6 +211,10 @@ func run() error {
 	if cp != nil {
 		cp.start(obsCtx, m, srv)
 	}
+	svcs, err := startServices(obsCtx, sf, *dpMode, *pinDir, cp, srv, log)
+	if err != nil {
+		return err
+	}
 
 	src := *cniBinary
 	if src == "" && *binDir != "" {
@@ -235,6 +241,7 @@ func run() error {
 	if cp != nil {
 		stopObs() // also stops the controllers
 		cp.ctrl.Wait()
+		svcs.stop()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
