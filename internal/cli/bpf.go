@@ -25,7 +25,7 @@ These commands do not talk to the agent, so they show what the kernel
 enforces even while the agent is down or restarting. Needs root.`,
 	}
 	cmd.AddCommand(newBPFEndpointCommand(o), newBPFIPCacheCommand(o), newBPFPolicyCommand(o),
-		newBPFCTCommand(o), newBPFMetricsCommand(o), newBPFPrefilterCommand(o))
+		newBPFCTCommand(o), newBPFMetricsCommand(o), newBPFPrefilterCommand(o), newBPFLBCommand(o))
 	return cmd
 }
 

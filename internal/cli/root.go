@@ -59,7 +59,8 @@ while the agent is down).`,
 	pf.StringVar(&o.kubeCtx, "context", "", "kubeconfig context for --node (not supported yet)")
 	root.RegisterFlagCompletionFunc("output", completeFixed(outputFormats...))
 	root.AddCommand(newDemoCommand(), newStatusCommand(o), newEndpointCommand(o), newIdentityCommand(o),
-		newPolicyCommand(o), newBPFCommand(o), newObserveCommand(o), newMonitorCommand(o))
+		newPolicyCommand(o), newBPFCommand(o), newObserveCommand(o), newMonitorCommand(o),
+		newServiceCommand(o))
 	return root
 }
 
