@@ -73,7 +73,7 @@ func run() error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
 	if of.cleanup {
-		return cleanupNode(*pinDir, *attachMode, of.tunnelDevice, log)
+		return cleanupNode(*pinDir, *attachMode, "", of.tunnelDevice, log)
 	}
 	ovCfg, err := of.overlayConfig(*mtu, log)
 	if err != nil {
@@ -139,9 +139,13 @@ func run() error {
 			d.Close()
 			return err
 		}
-		if overlay, err = agent.NewOverlay(d, ovCfg); err != nil {
-			d.Close()
-			return err
+		// Other nodes are known from their SigilNodes only: without
+		// Kubernetes the node stands alone (no tunnel, routes or masquerade).
+		if restCfg != nil {
+			if overlay, err = agent.NewOverlay(d, ovCfg); err != nil {
+				d.Close()
+				return err
+			}
 		}
 		if pfOn {
 			if prefilter, err = agent.NewPrefilter(pfCfg); err != nil {
@@ -223,7 +227,10 @@ func run() error {
 		}
 	}
 	inst := agent.CNIInstall{ConfDir: *confDir, ConfName: *confName, BinDir: *binDir, BinarySrc: src,
-		Socket: *socket, MTU: agent.PodMTU(ovCfg.Mode, *mtu), ChainPortmap: *chainPM}
+		Socket: *socket, MTU: *mtu, ChainPortmap: *chainPM}
+	if overlay != nil {
+		inst.MTU = agent.PodMTU(ovCfg.Mode, *mtu)
+	}
 	if err := inst.Install(); err != nil {
 		return err
 	}

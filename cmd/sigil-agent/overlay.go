@@ -92,13 +92,14 @@ func (f *overlayFlags) prefilterConfig(pinDir string, log *slog.Logger) (agent.P
 // cleanupNode is sigil-agent --cleanup: everything the overlay and the
 // prefilter installed on the node goes (the tc datapath and endpoints are
 // not touched).
-func cleanupNode(pinDir, attachMode, tunnelDevice string, log *slog.Logger) error {
-	d, err := datapath.Load(datapath.Config{PinDir: pinDir, AttachMode: datapath.AttachMode(attachMode), Logger: log})
+// netns is the node's network namespace ("": the agent's own).
+func cleanupNode(pinDir, attachMode, netns, tunnelDevice string, log *slog.Logger) error {
+	d, err := datapath.Load(datapath.Config{PinDir: pinDir, NetNS: netns, AttachMode: datapath.AttachMode(attachMode), Logger: log})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	err = errors.Join(agent.CleanupOverlay(d, tunnelDevice), agent.CleanupPrefilter(pinDir, ""))
+	err = errors.Join(agent.CleanupOverlay(d, tunnelDevice), agent.CleanupPrefilter(pinDir, netns))
 	if err == nil {
 		log.Info("removed Sigil's routes, masquerade chain, tunnel device and prefilter")
 	}

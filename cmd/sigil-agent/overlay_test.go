@@ -1,0 +1,103 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sigil-net/sigil/agent"
+	"github.com/sigil-net/sigil/datapath"
+	dt "github.com/sigil-net/sigil/datapath/datapathtest"
+	"github.com/sigil-net/sigil/internal/testnet"
+)
+
+func TestOverlayFlags(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f := overlayFlags{routingMode: "native", clusterPool: "198.18.0.0/16, 198.19.0.0/24", masquerade: true}
+	cfg, err := f.overlayConfig(9000, log)
+	if err != nil || cfg.Mode != datapath.RoutingNative || len(cfg.ClusterPoolCIDRs) != 2 || cfg.MTU != 9000 {
+		t.Errorf("native: %+v %v", cfg, err)
+	}
+	for _, bad := range []overlayFlags{{routingMode: "vxlan"}, {routingMode: "tunnel", clusterPool: "nope"}} {
+		if _, err := bad.overlayConfig(1500, log); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	if _, err := (&overlayFlags{routingMode: "tunnel"}).overlayConfig(600, log); err == nil {
+		t.Error("an MTU leaving pods less than 576 accepted")
+	}
+	if _, on, err := (&overlayFlags{prefilterCIDRs: "198.19.9.0/24"}).prefilterConfig("/x", log); err == nil || on {
+		t.Error("--prefilter-cidrs without devices accepted")
+	}
+	pc, on, err := (&overlayFlags{prefilterDevices: "eth0,eth1", prefilterCIDRs: "198.19.9.0/24"}).prefilterConfig("/x", log)
+	if err != nil || !on || len(pc.Devices) != 2 || len(pc.Static) != 1 || pc.PinDir != "/x" {
+		t.Errorf("prefilter config %+v %v %v", pc, on, err)
+	}
+}
+
+// TestCleanup programs a node as the agent does (tunnel, routes,
+// masquerade, prefilter) and removes it all with sigil-agent --cleanup's
+// function.
+func TestCleanup(t *testing.T) {
+	testnet.RequireRoot(t)
+	dt.RequireBPF(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tn, err := testnet.CreateNode(netip.MustParseAddr("198.18.41.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tn.Delete() })
+	peer := testnet.NewNS(t, "sgpeer")
+	testnet.Veth(t, tn.NS, "ul0", peer, "ul0")
+	tn.NS.MustRun(t, "ip", "addr", "add", "198.19.41.1/24", "dev", "ul0")
+	pin := dt.PinDir(t)
+
+	d, err := datapath.Load(datapath.Config{PinDir: pin, NetNS: tn.NS.Path, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov, err := agent.NewOverlay(d, agent.OverlayConfig{Masquerade: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ov.Sync("n1", []agent.OverlayNode{
+		{Name: "n1", InternalIP: netip.MustParseAddr("198.19.41.1"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.41.0/24")}},
+		{Name: "n2", InternalIP: netip.MustParseAddr("198.19.41.2"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.42.0/24")}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pf, err := agent.NewPrefilter(agent.PrefilterConfig{PinDir: pin, NetNS: tn.NS.Path, Devices: []string{"ul0"},
+		Static: []netip.Prefix{netip.MustParsePrefix("198.19.99.0/24")}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf.Close()
+	d.Close()
+	routes := func() string { return tn.NS.MustRun(t, "ip", "-4", "route", "show", "proto", "0xa7") }
+	if !strings.Contains(routes(), "198.18.42.0/24 dev sigil_vxlan") ||
+		!strings.Contains(tn.NS.MustRun(t, "iptables", "-t", "nat", "-S"), "SIGIL-MASQ") ||
+		!strings.Contains(tn.NS.MustRun(t, "ip", "link", "show", "ul0"), "xdp") {
+		t.Fatalf("node not programmed: routes %q", routes())
+	}
+
+	if err := cleanupNode(pin, "auto", tn.NS.Path, "", log); err != nil {
+		t.Fatal(err)
+	}
+	if r := routes(); r != "" {
+		t.Errorf("routes after cleanup: %q", r)
+	}
+	if out := tn.NS.MustRun(t, "iptables", "-t", "nat", "-S"); strings.Contains(out, "SIGIL-MASQ") {
+		t.Errorf("nat table after cleanup:\n%s", out)
+	}
+	if _, err := tn.NS.InterfaceIndex(datapath.DefaultTunnelDevice); err == nil {
+		t.Error("tunnel device after cleanup")
+	}
+	if out := tn.NS.MustRun(t, "ip", "link", "show", "ul0"); strings.Contains(out, "xdp") {
+		t.Errorf("prefilter still attached: %s", out)
+	}
+	if att, err := datapath.PrefilterAttachments(pin); err != nil || len(att) != 0 {
+		t.Errorf("prefilter attachments after cleanup: %v %v", att, err)
+	}
+}
