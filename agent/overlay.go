@@ -85,7 +85,8 @@ type Overlay struct {
 	dp      *datapath.Datapath
 	ifIndex int
 
-	mu sync.Mutex
+	mu          sync.Mutex
+	masqRemoved bool // masquerading off and the chain removed
 }
 
 // NewOverlay sets up the node's routing mode on a loaded datapath: in tunnel
@@ -221,8 +222,12 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 				errs = append(errs, fmt.Errorf("masquerade: %w", err))
 			}
 		}
-	} else if err := o.dp.RemoveMasquerade(); err != nil {
-		errs = append(errs, fmt.Errorf("masquerade: %w", err))
+	} else if !o.masqRemoved {
+		if err := o.dp.RemoveMasquerade(); err != nil {
+			errs = append(errs, fmt.Errorf("masquerade: %w", err))
+		} else {
+			o.masqRemoved = true
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
