@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -280,8 +281,17 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	}
 	expect(t, "policy still enforced after reload", a.NS.TCP(at(cc, 9090), dropTimeout), false)
 
+	// A changed pod CIDR replaces its masquerade rule; removal leaves none.
 	for _, n := range c.nodes {
+		must(n.h.SyncMasquerade(datapath.MasqueradeConfig{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.99.0/24")}}))
+		rules := n.tn.NS.MustRun(t, "iptables", "-t", "nat", "-S", "POSTROUTING")
+		if strings.Contains(rules, n.podCIDR.String()) || !strings.Contains(rules, "198.18.99.0/24") {
+			t.Errorf("masquerade rules after a pod CIDR change:\n%s", rules)
+		}
 		must(n.h.RemoveMasquerade())
+		if rules := n.tn.NS.MustRun(t, "iptables-save", "-t", "nat"); strings.Contains(rules, "SIGIL") {
+			t.Errorf("masquerade left behind:\n%s", rules)
+		}
 		must(n.h.SyncRoutes(nil))
 	}
 }

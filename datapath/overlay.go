@@ -188,8 +188,10 @@ func (d *Datapath) SyncMasquerade(mc MasqueradeConfig) error {
 		if err := iptablesRestore(b.String()); err != nil {
 			return err
 		}
+		want := map[string]bool{}
 		for _, p := range mc.PodCIDRs {
-			rule := []string{"POSTROUTING", "-s", p.Masked().String(), "-m", "comment", "--comment", "sigil masquerade", "-j", masqChain}
+			want[p.Masked().String()] = true
+			rule := masqRule(p.Masked().String())
 			if exec.Command("iptables", append([]string{"-t", "nat", "-C"}, rule...)...).Run() == nil {
 				continue
 			}
@@ -197,46 +199,65 @@ func (d *Datapath) SyncMasquerade(mc MasqueradeConfig) error {
 				return fmt.Errorf("iptables: %w: %s", err, out)
 			}
 		}
+		// Rules for pod CIDRs the node no longer has go.
+		srcs, err := masqSources()
+		if err != nil {
+			return err
+		}
+		for _, src := range srcs {
+			if want[src] {
+				continue
+			}
+			if out, err := exec.Command("iptables", append([]string{"-t", "nat", "-D"}, masqRule(src)...)...).CombinedOutput(); err != nil {
+				return fmt.Errorf("iptables -D: %w: %s", err, out)
+			}
+		}
 		return nil
 	})
+}
+
+// masqRule is the POSTROUTING rule sending a pod CIDR's traffic to the chain.
+func masqRule(src string) []string {
+	return []string{"POSTROUTING", "-s", src, "-m", "comment", "--comment", "sigil masquerade", "-j", masqChain}
+}
+
+// masqSources lists the pod CIDRs that have a masquerade rule.
+func masqSources() ([]string, error) {
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil {
+		return nil, fmt.Errorf("iptables-save: %w", err)
+	}
+	var srcs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != "-A" || f[1] != "POSTROUTING" || !strings.Contains(line, "-j "+masqChain) {
+			continue
+		}
+		for i := 2; i+1 < len(f); i++ {
+			if f[i] == "-s" {
+				srcs = append(srcs, f[i+1])
+			}
+		}
+	}
+	return srcs, nil
 }
 
 // RemoveMasquerade removes Sigil's masquerade rules and chain.
 func (d *Datapath) RemoveMasquerade() error {
 	return d.inNetNS(func() error {
-		out, err := exec.Command("iptables-save", "-t", "nat").Output()
+		srcs, err := masqSources()
 		if err != nil {
-			return fmt.Errorf("iptables-save: %w", err)
+			return err
 		}
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(line, "-A POSTROUTING ") && strings.Contains(line, "-j "+masqChain) {
-				args := append([]string{"-t", "nat", "-D"}, strings.Fields(strings.TrimPrefix(line, "-A "))...)
-				if out, err := exec.Command("iptables", unquote(args)...).CombinedOutput(); err != nil {
-					return fmt.Errorf("iptables -D: %w: %s", err, out)
-				}
+		for _, src := range srcs {
+			if out, err := exec.Command("iptables", append([]string{"-t", "nat", "-D"}, masqRule(src)...)...).CombinedOutput(); err != nil {
+				return fmt.Errorf("iptables -D: %w: %s", err, out)
 			}
 		}
 		exec.Command("iptables", "-t", "nat", "-F", masqChain).Run()
 		exec.Command("iptables", "-t", "nat", "-X", masqChain).Run()
 		return nil
 	})
-}
-
-// unquote strips the quotes iptables-save puts around comments.
-func unquote(args []string) []string {
-	out := make([]string, 0, len(args))
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if strings.HasPrefix(a, `"`) {
-			for !strings.HasSuffix(a, `"`) && i+1 < len(args) {
-				i++
-				a += " " + args[i]
-			}
-			a = strings.Trim(a, `"`)
-		}
-		out = append(out, a)
-	}
-	return out
 }
 
 func iptablesRestore(rules string) error {

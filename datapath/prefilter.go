@@ -271,9 +271,25 @@ func (p *Prefilter) Replace(rules []PrefilterRule) error {
 			used[id] = true
 		}
 	}
+	// New rules get IDs in prefix order, so the same list always numbers
+	// the same way.
+	ordered := make([]PrefilterRule, 0, len(want))
+	for r := range want {
+		ordered = append(ordered, r)
+	}
+	sort.Slice(ordered, func(i, j int) bool {
+		a, b := ordered[i], ordered[j]
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c < 0
+		}
+		if a.Prefix.Bits() != b.Prefix.Bits() {
+			return a.Prefix.Bits() < b.Prefix.Bits()
+		}
+		return !a.Except && b.Except
+	})
 	next := uint32(1)
 	var fresh []uint32
-	for r := range want {
+	for _, r := range ordered {
 		if _, ok := ids[r]; ok {
 			continue
 		}
