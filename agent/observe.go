@@ -93,7 +93,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	eps := s.m.List()
 	st.Endpoints, st.Health.Endpoints = len(eps), len(eps)
-	st.Datapath = apitypes.DatapathStatus{Mode: o.DatapathMode, PinDir: o.PinDir}
+	st.Datapath = apitypes.DatapathStatus{Mode: o.DatapathMode, PinDir: o.PinDir, Prefilter: PrefilterModes(o.PinDir)}
 	if o.Maps != nil {
 		if rc, err := o.Maps.Config.Get(); err == nil {
 			st.Datapath.Enforcement = rc.Enforcement.String()
@@ -618,3 +618,20 @@ func (fr *FlowResolver) EnforcedBy(epID uint32, dir datapath.Direction) []string
 // IdentityCount is the number of identities the agent knows (the policy
 // engine's, or the reserved and local ones without it).
 func (s *Server) IdentityCount() int { return len(s.identityList()) }
+
+// PrefilterModes reads where the XDP prefilter pinned under pinDir is
+// attached, and in which mode; nil when it is not.
+func PrefilterModes(pinDir string) map[string]string {
+	if pinDir == "" {
+		return nil
+	}
+	att, err := datapath.PrefilterAttachments(pinDir)
+	if err != nil || len(att) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(att))
+	for ifName, mode := range att {
+		out[ifName] = string(mode)
+	}
+	return out
+}

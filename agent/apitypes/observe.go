@@ -185,7 +185,10 @@ type DatapathStatus struct {
 	PinDir      string      `json:"pinDir,omitempty"`
 	Enforcement string      `json:"enforcement,omitempty"`
 	Maps        []MapStatus `json:"maps,omitempty"`
-	Error       string      `json:"error,omitempty"`
+	// Prefilter maps each interface the XDP prefilter is attached to to
+	// its mode (native or generic).
+	Prefilter map[string]string `json:"prefilter,omitempty"`
+	Error     string            `json:"error,omitempty"`
 }
 
 // ControllerStatus is the state of one agent controller (a Kubernetes

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -61,7 +62,7 @@ and the command fails.`,
 
 // pinnedDatapathStatus reads the maps under pinDir without the agent.
 func pinnedDatapathStatus(pinDir string) apitypes.DatapathStatus {
-	ds := apitypes.DatapathStatus{PinDir: pinDir, Mode: "tc"}
+	ds := apitypes.DatapathStatus{PinDir: pinDir, Mode: "tc", Prefilter: agent.PrefilterModes(pinDir)}
 	if ents, err := os.ReadDir(filepath.Join(pinDir, "links")); err == nil && len(ents) > 0 {
 		ds.Mode = "tcx"
 	}
@@ -93,6 +94,14 @@ func printDatapath(w io.Writer, d apitypes.DatapathStatus, verbose bool) {
 		line += " (" + strings.Join(extra, ", ") + ")"
 	}
 	fmt.Fprintf(w, "Datapath:\t%s\n", line)
+	if len(d.Prefilter) > 0 {
+		ifs := make([]string, 0, len(d.Prefilter))
+		for ifName, mode := range d.Prefilter {
+			ifs = append(ifs, ifName+" "+mode)
+		}
+		sort.Strings(ifs)
+		fmt.Fprintf(w, "Prefilter (XDP):\t%s\n", strings.Join(ifs, ", "))
+	}
 	if d.Error != "" {
 		fmt.Fprintf(w, "Datapath error:\t%s\n", d.Error)
 	}
