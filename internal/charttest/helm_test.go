@@ -74,7 +74,8 @@ func helm(t testing.TB, env []string, args ...string) (string, error) {
 var valueSets = map[string][]string{
 	"defaults": nil,
 	"native": {"--set", "routingMode=native", "--set", "mtu=9000", "--set", "masquerade=false",
-		"--set", "ipam.operator.clusterPoolIPv4PodCIDRList[0]=198.18.128.0/17", "--set", "ipam.operator.clusterPoolIPv4MaskSize=26"},
+		"--set", "ipam.operator.clusterPoolIPv4PodCIDRList[0]=198.18.128.0/17", "--set", "ipam.operator.clusterPoolIPv4MaskSize=26",
+		"--set", "k8sServiceHost=192.0.2.10", "--set", "k8sServicePort=443"},
 	"strict": {"--set", "policyEnforcementMode=always", "--set", "flows.bufferSize=65536", "--set", "cni.exclusive=false",
 		"--set", "cni.uninstall=true", "--set", "cni.chainPortmap=true", "--set", "agent.privileged=true",
 		"--set", "prefilter.enabled=true", "--set", "prefilter.devices[0]=eth0", "--set", "prefilter.cidrs[0]=203.0.113.0/24"},

@@ -171,6 +171,13 @@ func TestTemplate(t *testing.T) {
 				}
 			}
 			if set == "native" {
+				env := map[string]string{}
+				for _, e := range agent.Env {
+					env[e.Name] = e.Value
+				}
+				if env["KUBERNETES_SERVICE_HOST"] != "192.0.2.10" || env["KUBERNETES_SERVICE_PORT"] != "443" {
+					t.Errorf("k8sServiceHost: agent env %v", env)
+				}
 				for k, v := range map[string]string{"routing-mode": "native", "mtu": "9000", "masquerade": "false",
 					"cluster-pool-cidr": "198.18.128.0/17", "cluster-pool-mask-size": "26"} {
 					if cm.Data[k] != v {
@@ -280,6 +287,7 @@ func TestSchemaRejects(t *testing.T) {
 		{[]string{"--set", "cni.exclusive=yes"}, "/cni/exclusive"},
 		{[]string{"--set", "tunnel.port=70000"}, "/tunnel/port"},
 		{[]string{"--set", "operator.leaderElection.leaseDuration=soon"}, "/operator/leaderElection/leaseDuration"},
+		{[]string{"--set", "k8sServiceHost=https://192.0.2.10:6443"}, "/k8sServiceHost"},
 		{[]string{"--set", "routingMod=native"}, "routingMod"},
 	} {
 		out, err := helm(t, nil, append([]string{"template", "rel", chartDir(t)}, c.args...)...)

@@ -69,3 +69,13 @@ Call with (list $ "files/rbac/agent-role.yaml" "ClusterRole").
 {{- fail (printf "no %s in %s" $kind $file) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Environment overriding the in-cluster API server address (k8sServiceHost). */}}
+{{- define "sigil.apiServerEnv" -}}
+{{- if .Values.k8sServiceHost -}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.k8sServiceHost | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.k8sServicePort | quote }}
+{{- end -}}
+{{- end -}}
