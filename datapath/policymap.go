@@ -3,7 +3,9 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
+	"sync"
 
 	"github.com/cilium/ebpf"
 )
@@ -23,6 +25,13 @@ type PolicyMap struct {
 	// innerMax is the capacity of inner maps this process creates; it must
 	// equal the one in the outer map's inner template.
 	innerMax uint32
+
+	// installed remembers what Sync last wrote per endpoint, so the next
+	// Sync diffs against it instead of reading the whole map back (two
+	// syscalls per entry). Only the agent writes policy maps; an endpoint is
+	// read from the kernel once per process, and again after any failed write.
+	mu        sync.Mutex
+	installed map[uint32]PolicyMapEntries
 }
 
 func innerPolicySpec(maxEntries uint32) *ebpf.MapSpec {
@@ -57,26 +66,31 @@ func (p *PolicyMap) Has(epID uint32) bool {
 	return true
 }
 
-func (p *PolicyMap) ensure(epID uint32) (*ebpf.Map, error) {
-	m, err := p.inner(epID)
+// ensure returns the endpoint's map, creating it (empty) if it has none.
+func (p *PolicyMap) ensure(epID uint32) (m *ebpf.Map, created bool, err error) {
+	m, err = p.inner(epID)
 	if err == nil {
-		return m, nil
+		return m, false, nil
 	}
 	if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, fmt.Errorf("policy map of endpoint %d: %w", epID, err)
+		return nil, false, fmt.Errorf("policy map of endpoint %d: %w", epID, err)
 	}
 	if p.innerMax == 0 {
-		return nil, fmt.Errorf("policy map of endpoint %d: this handle cannot create maps (opened read-only)", epID)
+		return nil, false, fmt.Errorf("policy map of endpoint %d: this handle cannot create maps (opened read-only)", epID)
 	}
 	m, err = ebpf.NewMap(innerPolicySpec(p.innerMax))
 	if err != nil {
-		return nil, fmt.Errorf("create policy map of endpoint %d: %w", epID, err)
+		return nil, false, fmt.Errorf("create policy map of endpoint %d: %w", epID, err)
 	}
-	if err := p.outer.Update(epID, m, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+	if err := p.outer.Update(epID, m, ebpf.UpdateNoExist); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("install policy map of endpoint %d: %w", epID, err)
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			// Installed concurrently: use that one.
+			return p.ensure(epID)
+		}
+		return nil, false, fmt.Errorf("install policy map of endpoint %d: %w", epID, err)
 	}
-	return m, nil
+	return m, true, nil
 }
 
 func encodePolicyKey(k PolicyKey) policyKey {
@@ -155,22 +169,30 @@ type SyncStats struct {
 // denies first, then stale allows go, then new allows, then stale denies.
 // If desired does not fit, the map keeps only deny entries and Sync returns
 // ErrPolicyCapacity.
-func (p *PolicyMap) Sync(epID uint32, desired PolicyMapEntries) (SyncStats, error) {
-	var st SyncStats
+func (p *PolicyMap) Sync(epID uint32, desired PolicyMapEntries) (st SyncStats, err error) {
 	for k := range desired {
 		if err := k.Validate(); err != nil {
 			return st, fmt.Errorf("endpoint %d: %w", epID, err)
 		}
 	}
-	m, err := p.ensure(epID)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m, created, err := p.ensure(epID)
 	if err != nil {
 		return st, err
 	}
 	defer m.Close()
-	installed, err := listPolicy(m)
-	if err != nil {
-		return st, fmt.Errorf("read policy map of endpoint %d: %w", epID, err)
+	installed, known := p.installed[epID]
+	switch {
+	case created:
+		installed = PolicyMapEntries{}
+	case !known:
+		if installed, err = listPolicy(m); err != nil {
+			return st, fmt.Errorf("read policy map of endpoint %d: %w", epID, err)
+		}
 	}
+	// Until this Sync completes, what is installed is not known for sure.
+	delete(p.installed, epID)
 	want := len(desired)
 	overflow := want > int(p.innerMax)
 	if overflow {
@@ -220,6 +242,10 @@ func (p *PolicyMap) Sync(epID uint32, desired PolicyMapEntries) (SyncStats, erro
 			return st, err
 		}
 	}
+	if p.installed == nil {
+		p.installed = map[uint32]PolicyMapEntries{}
+	}
+	p.installed[epID] = maps.Clone(desired)
 	if overflow {
 		return st, fmt.Errorf("endpoint %d: %d entries for a map of %d: %w", epID, want, p.innerMax, ErrPolicyCapacity)
 	}
@@ -243,6 +269,9 @@ func forEachKey(m PolicyMapEntries, keep func(PolicyKey, PolicyEntry) bool, fn f
 
 // Remove deletes the endpoint's policy map; a missing one is not an error.
 func (p *PolicyMap) Remove(epID uint32) error {
+	p.mu.Lock()
+	delete(p.installed, epID)
+	p.mu.Unlock()
 	if err := p.outer.Delete(epID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove policy map of endpoint %d: %w", epID, err)
 	}
