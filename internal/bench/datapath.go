@@ -294,9 +294,14 @@ func (b *bencher) sigil(ctx context.Context, node *testnet.Node, cl *Cleanup) er
 	}
 	defer dp.Close()
 	b.rep.AttachMode = dp.Mode()
-	pods := []nodePod{
-		{b.p1.IP, 1, b.p1.IfIndex, pod1Identity},
-		{b.p2.IP, 2, b.p2.IfIndex, pod2Identity},
+	var pods []nodePod
+	for i, p := range []*testnet.Pod{b.p1, b.p2} {
+		hostMAC, err := node.NS.HardwareAddr(p.HostIf)
+		if err != nil {
+			return err
+		}
+		pods = append(pods, nodePod{IP: p.IP, EpID: uint32(i + 1), IfIndex: p.IfIndex,
+			Identity: []datapath.Identity{pod1Identity, pod2Identity}[i], MAC: p.MAC, NodeMAC: hostMAC})
 	}
 	if err := installNode(dp, b.o.runtimeConfig(), nodeGateway, pods, slices.Max(b.o.Sizes)); err != nil {
 		return err

@@ -80,7 +80,7 @@ func MeasureProgCost(ctx context.Context, sizes []int, rc datapath.RuntimeConfig
 	maxSize := slices.Max(append([]int{1}, sizes...))
 	// BPF_PROG_TEST_RUN's skb comes from loopback: pod2's endpoint is on
 	// ifindex 1 here.
-	if err := installNode(dp, rc, costGateway, []nodePod{{costPod1, 1, 0, ep1}, {costPod2, 2, 1, ep2}}, maxSize); err != nil {
+	if err := installNode(dp, rc, costGateway, []nodePod{{IP: costPod1, EpID: 1, IfIndex: 0, Identity: ep1}, {IP: costPod2, EpID: 2, IfIndex: 1, Identity: ep2}}, maxSize); err != nil {
 		return nil, err
 	}
 	_, to := dp.Programs()
@@ -100,7 +100,7 @@ func MeasureProgCost(ctx context.Context, sizes []int, rc datapath.RuntimeConfig
 	defer runtime.UnlockOSThread()
 	all := append([]int{0}, sizes...)
 	for _, size := range all {
-		if err := setPolicy(dp, nodePod{costPod2, 2, 1, ep2}, size, ep1); err != nil {
+		if err := setPolicy(dp, nodePod{IP: costPod2, EpID: 2, IfIndex: 1, Identity: ep2}, size, ep1); err != nil {
 			return nil, err
 		}
 		if _, err := dp.Conntrack.Flush(nil); err != nil {
@@ -130,7 +130,7 @@ func MeasureProgCost(ctx context.Context, sizes []int, rc datapath.RuntimeConfig
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			if err := setPolicy(dp, nodePod{costPod2, 2, 1, ep2}, size, ep1); err != nil {
+			if err := setPolicy(dp, nodePod{IP: costPod2, EpID: 2, IfIndex: 1, Identity: ep2}, size, ep1); err != nil {
 				return nil, err
 			}
 			if _, err := dp.Conntrack.Flush(nil); err != nil {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,14 @@ type nodePod struct {
 	EpID     uint32
 	IfIndex  int
 	Identity datapath.Identity
+	// MAC and NodeMAC (the pod's and its host veth's), as the agent
+	// records them: with both, same-node traffic is delivered straight
+	// into the pod (bpf_redirect_peer) instead of through the host stack.
+	MAC, NodeMAC net.HardwareAddr
+}
+
+func (p nodePod) info() datapath.EndpointInfo {
+	return datapath.EndpointInfo{ID: p.EpID, IfIndex: uint32(p.IfIndex), Identity: p.Identity, MAC: p.MAC, NodeMAC: p.NodeMAC}
 }
 
 // installNode writes what the agent would for a node with pods: runtime
@@ -37,7 +46,7 @@ func installNode(dp *datapath.Datapath, rc datapath.RuntimeConfig, gateway netip
 		return err
 	}
 	for _, p := range pods {
-		if err := dp.Endpoints.Upsert(p.IP, datapath.EndpointInfo{ID: p.EpID, IfIndex: uint32(p.IfIndex), Identity: p.Identity}); err != nil {
+		if err := dp.Endpoints.Upsert(p.IP, p.info()); err != nil {
 			return err
 		}
 		if err := dp.IPCache.Upsert(netip.PrefixFrom(p.IP, 32), datapath.IPCacheEntry{Identity: p.Identity, LocalEndpoint: true}); err != nil {
@@ -58,7 +67,7 @@ func installNode(dp *datapath.Datapath, rc datapath.RuntimeConfig, gateway netip
 // is filled before the endpoint is marked enforced, and unmarked before the
 // map goes.
 func setPolicy(dp *datapath.Datapath, p nodePod, size int, peer datapath.Identity) error {
-	info := datapath.EndpointInfo{ID: p.EpID, IfIndex: uint32(p.IfIndex), Identity: p.Identity}
+	info := p.info()
 	if size == 0 {
 		if err := dp.Endpoints.Upsert(p.IP, info); err != nil {
 			return err

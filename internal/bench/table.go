@@ -61,7 +61,7 @@ func (r *DatapathReport) header() []string {
 
 func (r *DatapathReport) legend() []string {
 	return []string{
-		"Topology: one node namespace, two pod namespaces on veth pairs wired as sigil-cni wires them; all traffic pod1 → pod2 through the node's routing.",
+		"Topology: one node namespace, two pod namespaces on veth pairs wired as sigil-cni wires them. Baseline and iptables: pod1 → pod2 through the node's routing. Sigil: as the agent installs endpoints (with their MACs), from_container judges both pods' policies and hands the packet straight into pod2 (bpf_redirect_peer), skipping the node's routing and to_container.",
 		"Throughput: iperf3, one TCP stream, received Gbit/s. RR: one TCP connection, 1-byte request and 1-byte response in lock step (netperf TCP_RR), transactions/s. " +
 			fmt.Sprintf("CRR: %d client threads each connect, send 1 byte, read 1 byte, close (netperf TCP_CRR), connections/s.", r.Options.CRRClients),
 		"×base: the figure over the baseline's (the same veths and routes with no programs and no rules).",
