@@ -2,6 +2,7 @@
 //
 //	sigil-bench datapath [--duration 5s] [--sizes 10,1000,10000] [--markdown docs/performance.md]
 //	sigil-bench prefilter [--duration 5s] [--sizes 10,1000,100000] [--markdown docs/performance.md]
+//	sigil-bench multinode [--duration 5s] [--markdown docs/performance.md]
 //
 // datapath builds one node with two pods in network namespaces (addresses
 // from 198.18.0.0/15, traffic only between them) and compares, in one run,
@@ -12,6 +13,10 @@
 // a sender namespace whose address the deny list holds, and compares the
 // XDP prefilter with the same list in a tc program and as iptables raw-table
 // rules: drops/s, CPU per packet, and per-packet program cost.
+//
+// multinode builds two node namespaces on an underlay with a pod each and
+// compares cross-node traffic node to node (physical), over a plain kernel
+// VXLAN, and pod to pod through Sigil in tunnel and native routing mode.
 //
 // Everything they create is removed on exit, error or Ctrl-C.
 package main
@@ -43,6 +48,8 @@ func main() {
 		err = runDatapath(os.Args[2:])
 	case "prefilter":
 		err = runPrefilter(os.Args[2:])
+	case "multinode":
+		err = runMultinode(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -60,6 +67,7 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: sigil-bench datapath [flags]    (sigil-bench datapath -h for the flags)")
 	fmt.Fprintln(os.Stderr, "       sigil-bench prefilter [flags]   (sigil-bench prefilter -h for the flags)")
+	fmt.Fprintln(os.Stderr, "       sigil-bench multinode [flags]   (sigil-bench multinode -h for the flags)")
 }
 
 func runDatapath(args []string) error {
