@@ -43,7 +43,7 @@ import (
 // 8080 from the sender's app; the far node sees the sender's identity; a
 // pod reaches an outside host masqueraded to its node's address; the local
 // node probes its pod while a remote node is denied; killing and restarting
-// the far node's agent keeps an established cross-node connection working.
+// either node's agent keeps an established cross-node connection working.
 func TestMultiNodeE2E(t *testing.T) {
 	requireE2E(t)
 	env := k8stest.StartEnv(t)
@@ -396,6 +396,13 @@ func testMultiNode(t *testing.T, env *k8stest.Env, mode datapath.RoutingMode, ba
 		t.Fatalf("established a -> b:8080 after node 2's agent restarted: %v", err)
 	}
 	denied("node 2's agent restarted")
+	// The same on the sending side: node 1's agent killed and restarted.
+	n1.stopAgent()
+	if err := testnet.Echo(conn, 3*time.Second); err != nil {
+		t.Fatalf("established a -> b:8080 with node 1's agent down: %v", err)
+	}
+	n1.startAgent(nil)
+	denied("node 1's agent restarted")
 	if mode == datapath.RoutingTunnel {
 		if out, err := n1.ns.Run("ip", "-d", "link", "show", datapath.DefaultTunnelDevice); err != nil || !strings.Contains(out, "vxlan") {
 			t.Errorf("node 1 tunnel device: %s %v", out, err)
