@@ -131,19 +131,11 @@ func LoadLB(cfg LBConfig) (*LB, error) {
 	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {
 		return nil, fmt.Errorf("lb: %w", err)
 	}
-	old, err := retirePinnedMaps(spec, cfg.PinDir, lbMaps, log)
+	coll, old, err := loadPinned("lb", spec, cfg.PinDir, lbMaps, log)
 	if err != nil {
 		return nil, err
 	}
-	closeAll(old)
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}})
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("lb: verifier rejected the programs: %+v", ve)
-		}
-		return nil, fmt.Errorf("lb: load: %w", err)
-	}
+	closeAll(old) // rebuilt by the agent, nothing to carry over
 	lb := &LB{cfg: cfg, coll: coll, backends: map[Backend]uint32{}, refs: map[uint32]int{},
 		revNAT: map[Frontend]uint16{}, services: map[Frontend]Service{}}
 	if err := lb.adopt(); err != nil {

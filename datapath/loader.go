@@ -79,22 +79,11 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 	applySizes(spec, &cfg)
 
-	old, err := retirePinnedMaps(spec, cfg.PinDir, pinnedMaps, log)
+	coll, old, err := loadPinned("datapath", spec, cfg.PinDir, pinnedMaps, log)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(old)
-
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: cfg.PinDir},
-	})
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("datapath: verifier rejected the programs: %+v", ve)
-		}
-		return nil, fmt.Errorf("datapath: load: %w", err)
-	}
 	for name, m := range old {
 		migrateEntries(name, m, coll.Maps[name], log)
 	}
@@ -130,6 +119,27 @@ func applySizes(spec *ebpf.CollectionSpec, cfg *Config) {
 	if cfg.PolicyEntries != 0 {
 		spec.Maps[MapPolicy].InnerMap.MaxEntries = cfg.PolicyEntries
 	}
+}
+
+// loadPinned loads spec with its maps pinned under pinDir, reusing the
+// pinned maps whose layout matches. Those among names that no longer match
+// are unpinned first and returned, still open, so the caller can carry their
+// entries over (and must close them). what prefixes errors.
+func loadPinned(what string, spec *ebpf.CollectionSpec, pinDir string, names []string, log *slog.Logger) (*ebpf.Collection, map[string]*ebpf.Map, error) {
+	old, err := retirePinnedMaps(spec, pinDir, names, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
+	if err != nil {
+		closeAll(old)
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, nil, fmt.Errorf("%s: verifier rejected the programs: %+v", what, ve)
+		}
+		return nil, nil, fmt.Errorf("%s: load: %w", what, err)
+	}
+	return coll, old, nil
 }
 
 // retirePinnedMaps unpins maps whose pinned layout differs from spec, and

@@ -118,19 +118,11 @@ func LoadPrefilter(cfg PrefilterConfig) (*Prefilter, error) {
 			m.Close()
 		}
 	}
-	old, err := retirePinnedMaps(spec, cfg.PinDir, []string{MapPrefilter4, MapPrefilterStats}, log)
+	coll, old, err := loadPinned("prefilter", spec, cfg.PinDir, []string{MapPrefilter4, MapPrefilterStats}, log)
 	if err != nil {
 		return nil, err
 	}
-	closeAll(old)
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}})
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("prefilter: verifier rejected the program: %+v", ve)
-		}
-		return nil, fmt.Errorf("prefilter: load: %w", err)
-	}
+	closeAll(old) // rebuilt by the agent, nothing to carry over
 	p := &Prefilter{cfg: cfg, log: log, coll: coll, prog: coll.Programs["xdp_prefilter"],
 		outer: coll.Maps[MapPrefilter4], stats: coll.Maps[MapPrefilterStats],
 		innerMax: spec.Maps[MapPrefilter4].InnerMap.MaxEntries, ids: map[PrefilterRule]uint32{}}
