@@ -165,32 +165,57 @@ func (d *Datapath) attachHooks(ifName string, ifIndex int, hooks []hook) error {
 }
 
 func (d *Datapath) attachTCX(ifName string, ifIndex int, h hook) error {
-	pin := d.linkPin(ifName, h.suffix)
 	prog := h.prog(d)
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		info, ierr := l.Info()
-		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifIndex {
-			uerr := l.Update(prog)
-			l.Close()
-			if uerr == nil {
-				return nil
-			}
-		} else {
-			l.Close()
-		}
-		// A stale pin (interface re-created, or link defunct): replace it.
-		_ = os.Remove(pin)
+	valid := func(info *link.Info) bool { return info.TCX() != nil && int(info.TCX().Ifindex) == ifIndex }
+	updated, err := updatePinnedLink(d.linkPin(ifName, h.suffix), prog, valid)
+	if err != nil || updated {
+		return err
 	}
+	return pinNewLink(d.linkPin(ifName, h.suffix), func() (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{Interface: ifIndex, Program: prog, Attach: h.attach})
+	})
+}
+
+// updatePinnedLink swaps prog into the link pinned at pin, atomically, if
+// that link still fits (valid; nil accepts any). A pin that does not fit (its
+// interface was re-created, the link is defunct) is removed. It reports
+// whether prog is now attached through the pin.
+func updatePinnedLink(pin string, prog *ebpf.Program, valid func(*link.Info) bool) (bool, error) {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err == nil {
+		fits := valid == nil
+		if !fits {
+			info, ierr := l.Info()
+			fits = ierr == nil && valid(info)
+		}
+		updated := fits && l.Update(prog) == nil
+		l.Close()
+		if updated {
+			return true, nil
+		}
+	}
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("remove stale link pin %s: %w", pin, err)
+	}
+	return false, nil
+}
+
+// pinNewLink attaches with attach and pins the link at pin, so the program
+// stays attached after this process exits.
+func pinNewLink(pin string, attach func() (link.Link, error)) error {
 	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
 		return err
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifIndex, Program: prog, Attach: h.attach})
+	l, err := attach()
 	if err != nil {
 		return err
 	}
 	defer l.Close()
 	if err := l.Pin(pin); err != nil {
-		return fmt.Errorf("pin link: %w", err)
+		return fmt.Errorf("pin link %s: %w", pin, err)
 	}
 	return nil
 }

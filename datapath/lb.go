@@ -176,28 +176,19 @@ func (lb *LB) linkPin(prog string) string {
 // Attach attaches the socket programs to the cgroup (or swaps in this
 // process's programs where they are attached already).
 func (lb *LB) Attach() error {
-	if err := os.MkdirAll(filepath.Join(lb.cfg.PinDir, "links"), 0o700); err != nil {
-		return err
-	}
 	for name, at := range lbPrograms {
 		prog := lb.coll.Programs[name]
-		pin := lb.linkPin(name)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			uerr := l.Update(prog)
-			l.Close()
-			if uerr == nil {
-				continue
-			}
-			os.Remove(pin)
-		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: lb.cfg.Cgroup, Attach: at, Program: prog})
+		updated, err := updatePinnedLink(lb.linkPin(name), prog, nil)
 		if err != nil {
+			return fmt.Errorf("lb: %w", err)
+		}
+		if updated {
+			continue
+		}
+		if err := pinNewLink(lb.linkPin(name), func() (link.Link, error) {
+			return link.AttachCgroup(link.CgroupOptions{Path: lb.cfg.Cgroup, Attach: at, Program: prog})
+		}); err != nil {
 			return fmt.Errorf("lb: attach %s to %s: %w", name, lb.cfg.Cgroup, err)
-		}
-		err = l.Pin(pin)
-		l.Close()
-		if err != nil {
-			return fmt.Errorf("lb: pin %s: %w", name, err)
 		}
 	}
 	return nil

@@ -164,20 +164,16 @@ func (p *Prefilter) Attach(ifName string) (XDPMode, error) {
 		if err != nil {
 			return err
 		}
+		valid := func(info *link.Info) bool { return info.XDP() != nil && int(info.XDP().Ifindex) == ifIndex }
 		for _, m := range []XDPMode{XDPNative, XDPGeneric} {
-			if l, err := link.LoadPinnedLink(p.linkPin(ifName, m), nil); err == nil {
-				info, ierr := l.Info()
-				if ierr == nil && info.XDP() != nil && int(info.XDP().Ifindex) == ifIndex && l.Update(p.prog) == nil {
-					l.Close()
-					mode = m
-					return nil
-				}
-				l.Close()
-				os.Remove(p.linkPin(ifName, m))
+			updated, err := updatePinnedLink(p.linkPin(ifName, m), p.prog, valid)
+			if err != nil {
+				return err
 			}
-		}
-		if err := os.MkdirAll(filepath.Join(p.cfg.PinDir, "links"), 0o700); err != nil {
-			return err
+			if updated {
+				mode = m
+				return nil
+			}
 		}
 		var errs []error
 		for _, m := range []XDPMode{XDPNative, XDPGeneric} {
@@ -185,14 +181,12 @@ func (p *Prefilter) Attach(ifName string) (XDPMode, error) {
 			if m == XDPGeneric {
 				flags = link.XDPGenericMode
 			}
-			l, err := link.AttachXDP(link.XDPOptions{Program: p.prog, Interface: ifIndex, Flags: flags})
+			err := pinNewLink(p.linkPin(ifName, m), func() (link.Link, error) {
+				return link.AttachXDP(link.XDPOptions{Program: p.prog, Interface: ifIndex, Flags: flags})
+			})
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", m, err))
 				continue
-			}
-			defer l.Close()
-			if err := l.Pin(p.linkPin(ifName, m)); err != nil {
-				return fmt.Errorf("pin xdp link: %w", err)
 			}
 			mode = m
 			return nil
