@@ -32,7 +32,7 @@ import (
 // runCLI runs the sigil command line with args and returns its output.
 func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := newRootCommand()
+	root := newRoot(&options{args: args}) // args: the command line --node passes on
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(io.Discard)

@@ -201,7 +201,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"observe", "--pod", "a/b/c"}, `--pod "a/b/c": want pod, namespace/pod or namespace/`},
 		{[]string{"observe", "--last", "-3"}, `--last -3: want 0 or more`},
 		{[]string{"status", "-o", "xml"}, `-o "xml": want one of table, json, yaml`},
-		{[]string{"status", "--node", "node-b"}, "reaching another node's agent (--node, --kubeconfig, --context) is not supported yet"},
+		{[]string{"status", "--node", "node-b", "--kubeconfig", "/nonexistent/kubeconfig"}, "--node needs a Kubernetes client configuration"},
 		{[]string{"policy", "get"}, "policy engine not running (agent started without Kubernetes)"},
 		{[]string{"policy", "selectors"}, "policy engine not running (agent started without Kubernetes)"},
 		{[]string{"policy", "explain", "--from", "shop/frontend", "--to", "shop/db", "--port", "80/tcp"}, "policy engine not running"},

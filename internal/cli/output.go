@@ -35,6 +35,14 @@ type options struct {
 	node       string
 	kubeconfig string
 	kubeCtx    string
+	agentNS    string
+	// args is the command line, for --node (nil: os.Args[1:]).
+	args []string
+}
+
+// remote reports whether a flag of --node was given.
+func (o *options) remote() bool {
+	return o.node != "" || o.kubeconfig != "" || o.kubeCtx != "" || (o.agentNS != "" && o.agentNS != defaultAgentNamespace)
 }
 
 func (o *options) validate() error {
@@ -42,10 +50,6 @@ func (o *options) validate() error {
 	case outTable, outJSON, outYAML:
 	default:
 		return fmt.Errorf("-o %q: want one of %s", o.output, strings.Join(outputFormats, ", "))
-	}
-	if o.node != "" || o.kubeconfig != "" || o.kubeCtx != "" {
-		return errors.New("reaching another node's agent (--node, --kubeconfig, --context) is not supported yet: " +
-			"run sigil on that node, e.g. kubectl -n kube-system exec ds/sigil-agent -- sigil <command>")
 	}
 	return nil
 }

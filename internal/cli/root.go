@@ -3,6 +3,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -19,34 +20,62 @@ import (
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := newRootCommand()
+	root := newRoot(&options{args: args})
 	root.SetArgs(args)
-	if err := root.ExecuteContext(ctx); err != nil {
+	if err := root.ExecuteContext(ctx); err != nil && !errors.Is(err, errRemoteDone) {
+		var re *RemoteExitError
+		if errors.As(err, &re) {
+			return re.Code // the remote sigil printed its error
+		}
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		return 1
 	}
 	return 0
 }
 
-func newRootCommand() *cobra.Command {
-	o := &options{}
+func newRootCommand() *cobra.Command { return newRoot(&options{}) }
+
+func newRoot(o *options) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "sigil",
 		Short: "Inspect and operate Sigil, an eBPF CNI with identity-based network policy",
 		Long: `sigil inspects the Sigil agent of this node through its local API socket, and
 the datapath's BPF maps directly through bpffs (sigil bpf ..., which works
-while the agent is down).`,
+while the agent is down). --node NODE runs the command in the sigil-agent pod
+of another node through the Kubernetes API server (pods/exec).`,
 		Example: `  sigil status
+  sigil --node worker-2 status
   sigil observe --verdict DROPPED --follow
   sigil policy explain --from shop/frontend --to shop/db --port 5432/tcp
   sigil bpf ct list -o json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if cmd.Name() == "demo" || cmd.Name() == cobra.ShellCompRequestCmd || cmd.Name() == cobra.ShellCompNoDescRequestCmd {
+			if cmd.Name() == cobra.ShellCompRequestCmd || cmd.Name() == cobra.ShellCompNoDescRequestCmd {
 				return nil
 			}
-			return o.validate()
+			if cmd.Name() == "demo" {
+				if o.remote() {
+					return errors.New("the demo runs on this machine: --node, --kubeconfig, --context and --agent-namespace do not apply")
+				}
+				return nil
+			}
+			if err := o.validate(); err != nil {
+				return err
+			}
+			if o.remote() {
+				// Run the command in the agent pod of --node instead;
+				// errRemoteDone stops cobra from running it here.
+				args := o.args
+				if args == nil {
+					args = os.Args[1:]
+				}
+				if err := o.runRemote(cmd.Context(), args, cmd.OutOrStdout(), cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+				return errRemoteDone
+			}
+			return nil
 		},
 	}
 	pf := root.PersistentFlags()
@@ -54,9 +83,10 @@ while the agent is down).`,
 	pf.StringVar(&o.pinDir, "pin-dir", "/sys/fs/bpf/sigil", "bpffs directory of the datapath's pinned maps (sigil bpf ...)")
 	pf.StringVarP(&o.output, "output", "o", outTable, "output format: table, json or yaml")
 	pf.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the agent's answer")
-	pf.StringVar(&o.node, "node", "", "ask the agent of this node through the Kubernetes API server (not supported yet)")
-	pf.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --node (not supported yet)")
-	pf.StringVar(&o.kubeCtx, "context", "", "kubeconfig context for --node (not supported yet)")
+	pf.StringVar(&o.node, "node", "", "run the command in the sigil-agent pod of this node, through the Kubernetes API server (pods/exec)")
+	pf.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --node (default $KUBECONFIG, ~/.kube/config, in-cluster)")
+	pf.StringVar(&o.kubeCtx, "context", "", "kubeconfig context for --node")
+	pf.StringVar(&o.agentNS, "agent-namespace", defaultAgentNamespace, "namespace of the sigil-agent pods for --node")
 	root.RegisterFlagCompletionFunc("output", completeFixed(outputFormats...))
 	root.AddCommand(newDemoCommand(), newStatusCommand(o), newEndpointCommand(o), newIdentityCommand(o),
 		newPolicyCommand(o), newBPFCommand(o), newObserveCommand(o), newMonitorCommand(o),
