@@ -448,11 +448,8 @@ func TestBenchControlPlane(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var c *k8s.Controller
-		c, err = k8s.New(k8s.Config{RestConfig: rest.CopyConfig(env.Config), NodeName: bn.name, Enforcer: bn.enf,
-			Allocate: func(ctx context.Context, l identity.Labels) (datapath.Identity, error) {
-				return identityalloc.Allocate(ctx, c.Client(), l)
-			}, Logger: log})
+		c, err := k8s.New(k8s.Config{RestConfig: rest.CopyConfig(env.Config), NodeName: bn.name, Enforcer: bn.enf,
+			AllocateIdentities: true, Logger: log})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -43,6 +43,7 @@ import (
 	sigilv1 "github.com/sigil-net/sigil/api/v1alpha1"
 	"github.com/sigil-net/sigil/datapath"
 	"github.com/sigil-net/sigil/identity"
+	"github.com/sigil-net/sigil/operator/identityalloc"
 	"github.com/sigil-net/sigil/policy"
 )
 
@@ -82,9 +83,14 @@ type Config struct {
 	// Filter derives security labels (zero value: identity.NewFilter()).
 	Filter *identity.Filter
 	// Allocate allocates identities for local label sets that have none.
-	// Nil: wait for the operator to create the SigilIdentity (endpoints
-	// stay at the init identity, failed closed, until it appears).
+	// Nil (and AllocateIdentities false): wait for the operator to create
+	// the SigilIdentity (endpoints stay at the init identity, failed closed,
+	// until it appears).
 	Allocate AllocateFunc
+	// AllocateIdentities, when Allocate is nil, allocates with the cluster
+	// allocator (operator/identityalloc) through the controller's own
+	// client, as the operator does: what sigil-agent runs.
+	AllocateIdentities bool
 	// ProbeInterval is how often API-server connectivity is checked for
 	// health (default 5s).
 	ProbeInterval time.Duration
@@ -180,6 +186,11 @@ func New(cfg Config) (*Controller, error) {
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[key](),
 			workqueue.TypedRateLimitingQueueConfig[key]{Name: "sigil-agent"}),
 		health: Health{Message: "waiting for the API server"}}
+	if c.cfg.Allocate == nil && c.cfg.AllocateIdentities {
+		c.cfg.Allocate = func(ctx context.Context, lbls identity.Labels) (datapath.Identity, error) {
+			return identityalloc.Allocate(ctx, c.Client(), lbls)
+		}
+	}
 	scheme := Scheme()
 	var err error
 	c.cache, err = crcache.New(cfg.RestConfig, crcache.Options{

@@ -34,7 +34,6 @@ import (
 	"github.com/sigil-net/sigil/identity"
 	"github.com/sigil-net/sigil/internal/k8stest"
 	"github.com/sigil-net/sigil/internal/testnet"
-	"github.com/sigil-net/sigil/operator/identityalloc"
 )
 
 func TestMain(m *testing.M) { os.Exit(k8stest.Run(m)) }
@@ -114,13 +113,10 @@ func (e *agentEnv) start(t *testing.T, withController bool) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ctrl *k8s.Controller
-	ctrl, err = k8s.New(k8s.Config{RestConfig: e.cfg, NodeName: nodeName, Enforcer: enf,
+	ctrl, err := k8s.New(k8s.Config{RestConfig: e.cfg, NodeName: nodeName, Enforcer: enf,
 		// The operator's allocator, through the agent's own (RBAC-limited) client.
-		Allocate: func(ctx context.Context, l identity.Labels) (datapath.Identity, error) {
-			return identityalloc.Allocate(ctx, ctrl.Client(), l)
-		},
-		ProbeInterval: 500 * time.Millisecond, Logger: log})
+		AllocateIdentities: true,
+		ProbeInterval:      500 * time.Millisecond, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,6 @@ import (
 	"github.com/sigil-net/sigil/identity"
 	"github.com/sigil-net/sigil/internal/k8stest"
 	"github.com/sigil-net/sigil/internal/testnet"
-	"github.com/sigil-net/sigil/operator/identityalloc"
 )
 
 // ovNode is one node of the two-node overlay test: its netns, and an
@@ -74,12 +73,9 @@ func (n *ovNode) start(t *testing.T, cfg *rest.Config, mode datapath.RoutingMode
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ctrl *k8s.Controller
-	ctrl, err = k8s.New(k8s.Config{RestConfig: cfg, NodeName: n.name, Enforcer: enf, Overlay: ov, Prefilter: pf,
-		Allocate: func(ctx context.Context, l identity.Labels) (datapath.Identity, error) {
-			return identityalloc.Allocate(ctx, ctrl.Client(), l)
-		},
-		ProbeInterval: 500 * time.Millisecond, Logger: log})
+	ctrl, err := k8s.New(k8s.Config{RestConfig: cfg, NodeName: n.name, Enforcer: enf, Overlay: ov, Prefilter: pf,
+		AllocateIdentities: true,
+		ProbeInterval:      500 * time.Millisecond, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,8 +19,6 @@ import (
 	"github.com/sigil-net/sigil/agent/apitypes"
 	"github.com/sigil-net/sigil/agent/k8s"
 	"github.com/sigil-net/sigil/datapath"
-	"github.com/sigil-net/sigil/identity"
-	"github.com/sigil-net/sigil/operator/identityalloc"
 )
 
 // k8sFlags are the control-plane flags.
@@ -110,12 +108,8 @@ func newControlPlane(cfg *rest.Config, node string, dp agent.Datapath, mode data
 	if err != nil {
 		return nil, err
 	}
-	var ctrl *k8s.Controller
-	ctrl, err = k8s.New(k8s.Config{RestConfig: cfg, NodeName: node, Enforcer: enf, Logger: log,
-		Overlay: overlay, Prefilter: prefilter,
-		Allocate: func(ctx context.Context, l identity.Labels) (datapath.Identity, error) {
-			return identityalloc.Allocate(ctx, ctrl.Client(), l)
-		}})
+	ctrl, err := k8s.New(k8s.Config{RestConfig: cfg, NodeName: node, Enforcer: enf, Logger: log,
+		Overlay: overlay, Prefilter: prefilter, AllocateIdentities: true})
 	if err != nil {
 		return nil, err
 	}
