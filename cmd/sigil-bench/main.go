@@ -27,11 +27,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/sigil-net/sigil/datapath"
 	"github.com/sigil-net/sigil/internal/bench"
@@ -103,38 +101,9 @@ func runDatapath(args []string) error {
 	// instead of queueing for one of the two.
 	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 8))
 
-	// Ctrl-C or SIGTERM cancels the run; cleanup then runs to the end. Later
-	// signals are swallowed so it is not cut short.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	sig := make(chan os.Signal, 4)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sig)
-	go func() {
-		for s := range sig {
-			fmt.Fprintf(os.Stderr, "sigil-bench: %v: stopping and cleaning up\n", s)
-			cancel()
-		}
-	}()
-
-	rep, err := bench.RunDatapath(ctx, o)
-	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			return errors.New("interrupted; everything it created was removed")
-		}
-		return err
-	}
-	if err := rep.WriteText(os.Stdout); err != nil {
-		return err
-	}
-	if *markdown != "" {
-		cmd := "sigil-bench datapath " + strings.Join(args, " ")
-		if err := bench.WriteSection(*markdown, "datapath", rep.Markdown(strings.TrimSpace(cmd))); err != nil {
-			return fmt.Errorf("--markdown: %w", err)
-		}
-		fmt.Fprintf(os.Stderr, "wrote the Datapath section of %s\n", *markdown)
-	}
-	return nil
+	return runBenchmark("datapath", "datapath", "Datapath", args, *markdown, func(ctx context.Context) (report, error) {
+		return bench.RunDatapath(ctx, o)
+	})
 }
 
 func parseInts(s string) ([]int, error) {

@@ -5,8 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/sigil-net/sigil/internal/bench"
 )
@@ -25,19 +23,7 @@ func runMultinode(args []string) error {
 	if !*quiet {
 		o.Progress = os.Stderr
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep, err := bench.RunMultinode(ctx, o)
-	if err != nil {
-		return err
-	}
-	md := rep.Markdown()
-	fmt.Print(md)
-	if *markdown != "" {
-		if err := bench.WriteSection(*markdown, "multinode", md); err != nil {
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "wrote the Multi-node datapath section of %s\n", *markdown)
-	}
-	return nil
+	return runBenchmark("multinode", "multinode", "Multi-node datapath", args, *markdown, func(ctx context.Context) (report, error) {
+		return bench.RunMultinode(ctx, o)
+	})
 }

@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/sigil-net/sigil/internal/bench"
 )
@@ -48,35 +45,7 @@ func runPrefilter(args []string) error {
 		o.Progress = os.Stderr
 	}
 
-	// Ctrl-C or SIGTERM cancels the run; cleanup then runs to the end.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	sig := make(chan os.Signal, 4)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sig)
-	go func() {
-		for s := range sig {
-			fmt.Fprintf(os.Stderr, "sigil-bench: %v: stopping and cleaning up\n", s)
-			cancel()
-		}
-	}()
-
-	rep, err := bench.RunPrefilter(ctx, o)
-	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			return errors.New("interrupted; everything it created was removed")
-		}
-		return err
-	}
-	if err := rep.WriteText(os.Stdout); err != nil {
-		return err
-	}
-	if *markdown != "" {
-		cmd := "sigil-bench prefilter " + strings.Join(args, " ")
-		if err := bench.WriteSection(*markdown, "prefilter", rep.Markdown(strings.TrimSpace(cmd))); err != nil {
-			return fmt.Errorf("--markdown: %w", err)
-		}
-		fmt.Fprintf(os.Stderr, "wrote the XDP prefilter section of %s\n", *markdown)
-	}
-	return nil
+	return runBenchmark("prefilter", "prefilter", "XDP prefilter", args, *markdown, func(ctx context.Context) (report, error) {
+		return bench.RunPrefilter(ctx, o)
+	})
 }

@@ -303,10 +303,17 @@ func programNode(cl *Cleanup, p *mnPair, i int, mode datapath.RoutingMode) error
 	return dp.AttachEndpoint(pod.HostIf, pod.IfIndex)
 }
 
-// Markdown renders the report as the "Multi-node datapath" section.
-func (r *MultinodeReport) Markdown() string {
+// WriteText prints the report (as its markdown, which reads as text).
+func (r *MultinodeReport) WriteText(w io.Writer) error {
+	_, err := io.WriteString(w, r.Markdown("sigil-bench multinode"))
+	return err
+}
+
+// Markdown renders the report as the "Multi-node datapath" section;
+// command is how it was run.
+func (r *MultinodeReport) Markdown(command string) string {
 	var b strings.Builder
-	b.WriteString("## Multi-node datapath\n\n`sigil-bench multinode --markdown docs/performance.md`\n\n")
+	fmt.Fprintf(&b, "## Multi-node datapath\n\n`%s`\n\n", command)
 	m := r.Machine
 	fmt.Fprintf(&b, "- machine: %d CPUs (%s), Linux %s, load average %s at start, %s\n- run: %s, took %s\n\n",
 		m.CPUs, m.CPUModel, m.Kernel, m.LoadAvg, m.GoVersion, r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Duration.Round(time.Second))
