@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"sync"
 )
 
@@ -59,4 +61,18 @@ func safeCall(fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// checkHost reports what stops a benchmark from running here: it needs root
+// (network namespaces, BPF) and the given commands.
+func checkHost(bins ...string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (network namespaces, BPF)")
+	}
+	for _, bin := range bins {
+		if _, err := exec.LookPath(bin); err != nil {
+			return err
+		}
+	}
+	return nil
 }

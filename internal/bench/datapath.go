@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -132,13 +131,8 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (rep *DatapathReport, e
 	if err := checkOptions(&o); err != nil {
 		return nil, err
 	}
-	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("needs root (network namespaces, BPF)")
-	}
-	for _, bin := range []string{"ip", "nsenter", "sysctl", "iperf3"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return nil, err
-		}
+	if err := checkHost("ip", "nsenter", "sysctl", "iperf3"); err != nil {
+		return nil, err
 	}
 	rep = &DatapathReport{Started: time.Now(), Machine: machine(), Options: o}
 	cl := NewCleanup(o.Progress)

@@ -84,6 +84,9 @@ func newPair(cl *Cleanup) (*mnPair, error) {
 // Flannel-style overlay costs), and pod to pod through Sigil in tunnel and in
 // native routing mode.
 func RunMultinode(ctx context.Context, o MultinodeOptions) (*MultinodeReport, error) {
+	if err := checkHost("ip", "nsenter", "sysctl", "iperf3"); err != nil {
+		return nil, err
+	}
 	rep := &MultinodeReport{Machine: machine(), Started: time.Now()}
 	progress := func(format string, a ...any) {
 		if o.Progress != nil {
@@ -109,12 +112,16 @@ func RunMultinode(ctx context.Context, o MultinodeOptions) (*MultinodeReport, er
 			return rep, err
 		}
 		progress("%s ...", sc.name)
-		f, err := func() (Figures, error) {
+		f, err := func() (f Figures, err error) {
 			cl := NewCleanup(o.Progress)
-			defer cl.Run()
+			defer func() {
+				if cerr := cl.Run(); cerr != nil && err == nil {
+					err = fmt.Errorf("cleanup: %w", cerr)
+				}
+			}()
 			server, client, ip, err := sc.run(ctx, cl)
 			if err != nil {
-				return Figures{}, err
+				return f, err
 			}
 			return measurePair(ctx, o, server, client, ip)
 		}()

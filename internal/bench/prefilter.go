@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -230,13 +228,8 @@ func RunPrefilter(ctx context.Context, o PrefilterOptions) (rep *PrefilterReport
 	if err := checkPrefilterOptions(&o); err != nil {
 		return nil, err
 	}
-	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("needs root (network namespaces, BPF)")
-	}
-	for _, bin := range []string{"ip", "nsenter", "sysctl"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return nil, err
-		}
+	if err := checkHost("ip", "nsenter", "sysctl"); err != nil {
+		return nil, err
 	}
 	rep = &PrefilterReport{Started: time.Now(), Machine: machine(), Options: o}
 	cl := NewCleanup(o.Progress)
