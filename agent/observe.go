@@ -14,7 +14,6 @@ import (
 
 	"github.com/sigil-net/sigil/agent/apitypes"
 	"github.com/sigil-net/sigil/agent/flows"
-	"github.com/sigil-net/sigil/agent/metrics"
 	"github.com/sigil-net/sigil/datapath"
 	"github.com/sigil-net/sigil/identity"
 )
@@ -139,7 +138,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 // MapStatuses reports the fill level of the datapath's hash-like maps.
 func MapStatuses(ms *datapath.Maps) ([]apitypes.MapStatus, error) {
-	p, err := metrics.MapPressure(ms)
+	p, err := ms.Pressure()
 	if err != nil {
 		return nil, err
 	}

@@ -83,7 +83,8 @@ func (ms *Maps) PinDir() string { return ms.pinDir }
 func (ms *Maps) Map(name string) *ebpf.Map { return ms.raw[name] }
 
 // Pressure reports, for each hash-like map, its current entry count and
-// capacity. Counting walks the map; call it for status, not per packet.
+// capacity. Counting walks the keys; call it for status and metrics scrapes,
+// not per packet or per event.
 func (ms *Maps) Pressure() (map[string][2]int, error) {
 	out := map[string][2]int{}
 	for _, name := range []string{MapEndpoints, MapIPCache, MapTunnel, MapPolicy, MapCT4, MapFrag4} {
@@ -109,15 +110,28 @@ func closeAll(raw map[string]*ebpf.Map) {
 	}
 }
 
+// countEntries counts the keys of m by walking them (one syscall each, no
+// value reads), at most twice its capacity: a hash map changed during the
+// walk can make it restart.
 func countEntries(m *ebpf.Map) (int, error) {
-	k := make([]byte, m.KeySize())
-	v := make([]byte, m.ValueSize())
+	limit := 2*int(m.MaxEntries()) + 1
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	var prev any // nil: from the first key
 	n := 0
-	it := m.Iterate()
-	for it.Next(&k, &v) {
+	for n < limit {
+		err := m.NextKey(prev, next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
 		n++
+		copy(key, next)
+		prev = key
 	}
-	return n, it.Err()
+	return n, nil
 }
 
 // --- endpoints --------------------------------------------------------------

@@ -9,7 +9,6 @@ package metrics
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -161,7 +159,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descDatapathLost, float64(ev.RateLimited), "rate_limited")
 		}
 		if c.pressure == nil || time.Since(c.pressAt) >= c.src.PressureInterval {
-			if p, err := MapPressure(ms); err != nil {
+			if p, err := ms.Pressure(); err != nil {
 				c.fail("pressure", err)
 			} else {
 				c.pressure, c.pressAt = p, time.Now()
@@ -324,49 +322,4 @@ func Serve(ctx context.Context, addr string, reg prometheus.Gatherer, log *slog.
 		srv.Shutdown(sctx)
 	}()
 	return ln.Addr(), nil
-}
-
-// pressureMaps are the maps whose fill level is reported.
-var pressureMaps = []string{datapath.MapEndpoints, datapath.MapIPCache, datapath.MapPolicy, datapath.MapCT4, datapath.MapFrag4}
-
-// MapPressure returns, for each hash-like map, its entry count and
-// capacity. It walks the keys (one syscall each), so callers should not
-// call it per packet or per event.
-func MapPressure(ms *datapath.Maps) (map[string][2]int, error) {
-	out := map[string][2]int{}
-	for _, name := range pressureMaps {
-		m := ms.Map(name)
-		if m == nil {
-			continue
-		}
-		max := int(m.MaxEntries())
-		n, err := countKeys(m, 2*max+1)
-		if err != nil {
-			return nil, fmt.Errorf("count entries of %s: %w", name, err)
-		}
-		out[name] = [2]int{n, max}
-	}
-	return out, nil
-}
-
-// countKeys counts the keys of m, walking at most limit keys (a hash map
-// being modified concurrently can restart the walk).
-func countKeys(m *ebpf.Map, limit int) (int, error) {
-	key := make([]byte, m.KeySize())
-	next := make([]byte, m.KeySize())
-	var prev any // nil: start from the first key
-	n := 0
-	for n < limit {
-		err := m.NextKey(prev, next)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-		n++
-		copy(key, next)
-		prev = key
-	}
-	return n, nil
 }
