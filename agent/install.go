@@ -15,16 +15,22 @@ type CNIInstall struct {
 	BinarySrc  string // the sigil-cni binary to copy ("" = do not install)
 	Socket     string // agent socket the plugin talks to
 	MTU        int
-	CNIVersion string // default 1.1.0
+	CNIVersion string // default DefaultCNIVersion
 	NetName    string // default sigil
 	// ChainPortmap appends the standard portmap meta plugin.
 	ChainPortmap bool
 }
 
+// DefaultCNIVersion is the conflist's cniVersion unless configured: 1.0.0,
+// the newest that containerd 1.6 and 1.7 (libcni 1.1) parse results of.
+// sigil-cni itself speaks 0.3.1 to 1.1.0; runtimes that support 1.1.0 get
+// STATUS and GC when the conflist says 1.1.0 (--cni-version).
+const DefaultCNIVersion = "1.0.0"
+
 // Conflist returns the network configuration list.
 func (c CNIInstall) Conflist() ([]byte, error) {
 	if c.CNIVersion == "" {
-		c.CNIVersion = "1.1.0"
+		c.CNIVersion = DefaultCNIVersion
 	}
 	if c.NetName == "" {
 		c.NetName = "sigil"

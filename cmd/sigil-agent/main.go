@@ -43,6 +43,7 @@ func run() error {
 		cniBinary   = flag.String("cni-binary", "", "the sigil-cni binary to install (default: sigil-cni next to this executable)")
 		mtu         = flag.Int("mtu", 1500, "underlay (node interface) MTU; pods get it less the VXLAN overhead in tunnel mode (written to the CNI config)")
 		chainPM     = flag.Bool("cni-chain-portmap", false, "append the portmap plugin to the conflist")
+		cniVersion  = flag.String("cni-version", agent.DefaultCNIVersion, "cniVersion of the conflist: the newest the node's container runtime understands (containerd 1.6/1.7: up to 1.0.0; 1.1.0 adds STATUS and GC)")
 		dpMode      = flag.String("datapath", "bpf", "datapath: bpf, or none (in-memory, for tests without BPF)")
 		attachMode  = flag.String("attach-mode", "auto", "program attachment: auto, tcx or tc")
 		enforcement = flag.String("enforcement", "default", "policy enforcement mode: default, always or never")
@@ -227,7 +228,7 @@ func run() error {
 		}
 	}
 	inst := agent.CNIInstall{ConfDir: *confDir, ConfName: *confName, BinDir: *binDir, BinarySrc: src,
-		Socket: *socket, MTU: *mtu, ChainPortmap: *chainPM}
+		Socket: *socket, MTU: *mtu, ChainPortmap: *chainPM, CNIVersion: *cniVersion}
 	if overlay != nil {
 		inst.MTU = agent.PodMTU(ovCfg.Mode, *mtu)
 	}

@@ -19,7 +19,7 @@ import (
 // up, though maybe still restoring).
 func agentHealth(args []string) error {
 	fs := flag.NewFlagSet("agent-health", flag.ContinueOnError)
-	socket := fs.String("socket", "/var/run/sigil/sigil.sock", "the agent's API socket")
+	socket := fs.String("socket", envOr("SIGIL_SOCKET", "/var/run/sigil/sigil.sock"), "the agent's API socket ($SIGIL_SOCKET)")
 	live := fs.Bool("live", false, "succeed on any answer, not only ready")
 	timeout := fs.Duration("timeout", 2*time.Second, "request timeout")
 	if err := fs.Parse(args); err != nil {
@@ -107,7 +107,7 @@ func installCNI(args []string) error {
 // uninstallCNI removes Sigil's conflist (cni.uninstall, on agent stop).
 func uninstallCNI(args []string) error {
 	fs := flag.NewFlagSet("uninstall-cni", flag.ContinueOnError)
-	confDir := fs.String("conf-dir", "/etc/cni/net.d", "CNI conf folder")
+	confDir := fs.String("conf-dir", envOr("SIGIL_CNI_CONF_DIR", "/etc/cni/net.d"), "CNI conf folder ($SIGIL_CNI_CONF_DIR)")
 	confName := fs.String("conf-name", "05-sigil.conflist", "Sigil's conflist")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -117,4 +117,14 @@ func uninstallCNI(args []string) error {
 		return nil
 	}
 	return err
+}
+
+// envOr is the environment variable's value, or def when it is unset or
+// empty. Kubernetes does not expand $(VAR) in probe and lifecycle commands,
+// so the chart passes per-node paths to them through the environment.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

@@ -3,6 +3,7 @@
 //
 //	sigil-probe serve --tcp 80,81 --udp 80,81     # echo servers
 //	sigil-probe connect 10.0.0.5:80 --protocol tcp --timeout 2s
+//	sigil-probe matrix --timeout 1s tcp/10.0.0.5:80 udp/10.0.0.6:81 ...
 //	sigil-probe agent-health --socket /var/run/sigil/sigil.sock [--live]
 //	sigil-probe install-cni --binary ... --bin-dir ... --conf-dir ... [--exclusive]
 //	sigil-probe uninstall-cni --conf-dir ... --conf-name ...
@@ -31,6 +32,8 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		err = serve(args)
+	case "matrix":
+		err = matrix(args)
 	case "connect":
 		err = connect(args)
 	case "agent-health":
@@ -67,6 +70,7 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   sigil-probe serve [--tcp PORTS] [--udp PORTS]
   sigil-probe connect HOST:PORT [--protocol tcp|udp] [--timeout DURATION]
+  sigil-probe matrix [--timeout DURATION] tcp/HOST:PORT|udp/HOST:PORT...
   sigil-probe agent-health [--socket PATH] [--live]
   sigil-probe install-cni --binary PATH --bin-dir DIR --conf-dir DIR [--conf-name NAME] [--exclusive]
   sigil-probe uninstall-cni --conf-dir DIR [--conf-name NAME]

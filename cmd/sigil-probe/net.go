@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -130,6 +131,44 @@ func connect(args []string) error {
 	if !ok {
 		return exitCode(1)
 	}
+	return nil
+}
+
+// matrix probes many targets at once, each written PROTO/HOST:PORT, and
+// prints "<target> <outcome line>" per target in the order given. It exits 0
+// whatever the outcomes (they are the answer), so that one exec into a pod
+// measures a whole row of a connectivity matrix.
+func matrix(args []string) error {
+	fs := flag.NewFlagSet("matrix", flag.ContinueOnError)
+	timeout := fs.Duration("timeout", time.Second, "give up on each target after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	targets := fs.Args()
+	if len(targets) == 0 {
+		return errors.New("matrix: want PROTO/HOST:PORT targets, e.g. tcp/198.18.128.5:80 udp/198.18.129.7:81")
+	}
+	type job struct{ proto, addr string }
+	jobs := make([]job, len(targets))
+	for i, t := range targets {
+		proto, addr, ok := strings.Cut(t, "/")
+		if !ok || (proto != "tcp" && proto != "udp") {
+			return fmt.Errorf("matrix: target %q: want tcp/HOST:PORT or udp/HOST:PORT", t)
+		}
+		jobs[i] = job{proto, addr}
+	}
+	lines := make([]string, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			line, _ := probe(j.proto, j.addr, *timeout)
+			lines[i] = targets[i] + " " + line
+		}()
+	}
+	wg.Wait()
+	fmt.Println(strings.Join(lines, "\n"))
 	return nil
 }
 

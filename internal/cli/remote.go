@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"sort"
 	"strings"
 
@@ -18,13 +16,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
+
+	"github.com/sigil-net/sigil/internal/podexec"
 )
 
 const (
@@ -114,39 +111,11 @@ func remoteExec(ctx context.Context, cfg *rest.Config, ns, node string, args []s
 	if err != nil {
 		return err
 	}
-	req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).
-		SubResource("exec").VersionedParams(&corev1.PodExecOptions{
-		Container: agentContainer,
-		Command:   append([]string{remoteBinary}, args...),
-		Stdout:    true,
-		Stderr:    true,
-	}, scheme.ParameterCodec)
-	exec, err := newExecutor(cfg, req.URL())
-	if err != nil {
-		return err
-	}
-	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: stdout, Stderr: stderr})
+	err = podexec.Run(ctx, cfg, cs, pod.Namespace, pod.Name, agentContainer, append([]string{remoteBinary}, args...), stdout, stderr)
 	if err != nil && ctx.Err() != nil {
 		return nil // interrupted (observe --follow and Ctrl-C), as locally
 	}
 	return execErr(err, pod)
-}
-
-// newExecutor tries WebSocket (RemoteCommand v5) and falls back to SPDY on
-// API servers that cannot upgrade to it, as kubectl exec does.
-func newExecutor(cfg *rest.Config, u *url.URL) (remotecommand.Executor, error) {
-	spdy, err := remotecommand.NewSPDYExecutor(cfg, http.MethodPost, u)
-	if err != nil {
-		return nil, err
-	}
-	// WebSocket upgrades are GET requests (RFC 6455 4.1).
-	ws, err := remotecommand.NewWebSocketExecutor(cfg, http.MethodGet, u.String())
-	if err != nil {
-		return nil, err
-	}
-	return remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
-		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
-	})
 }
 
 // execErr turns the errors of the exec stream into what the user should do.

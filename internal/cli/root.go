@@ -79,8 +79,8 @@ of another node through the Kubernetes API server (pods/exec).`,
 		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&o.socket, "socket", apitypes.DefaultSocket, "the agent's API socket")
-	pf.StringVar(&o.pinDir, "pin-dir", "/sys/fs/bpf/sigil", "bpffs directory of the datapath's pinned maps (sigil bpf ...)")
+	pf.StringVar(&o.socket, "socket", envOr("SIGIL_SOCKET", apitypes.DefaultSocket), "the agent's API socket ($SIGIL_SOCKET)")
+	pf.StringVar(&o.pinDir, "pin-dir", envOr("SIGIL_PIN_DIR", "/sys/fs/bpf/sigil"), "bpffs directory of the datapath's pinned maps, for sigil bpf ... ($SIGIL_PIN_DIR)")
 	pf.StringVarP(&o.output, "output", "o", outTable, "output format: table, json or yaml")
 	pf.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the agent's answer")
 	pf.StringVar(&o.node, "node", "", "run the command in the sigil-agent pod of this node, through the Kubernetes API server (pods/exec)")
@@ -90,7 +90,7 @@ of another node through the Kubernetes API server (pods/exec).`,
 	root.RegisterFlagCompletionFunc("output", completeFixed(outputFormats...))
 	root.AddCommand(newDemoCommand(), newStatusCommand(o), newEndpointCommand(o), newIdentityCommand(o),
 		newPolicyCommand(o), newBPFCommand(o), newObserveCommand(o), newMonitorCommand(o),
-		newServiceCommand(o))
+		newServiceCommand(o), newLabCommand())
 	return root
 }
 
@@ -111,4 +111,15 @@ behind the verdicts. Everything it makes is removed at the end. Needs root.`,
 			return demo.Run(cmd.Context(), cmd.OutOrStdout())
 		},
 	}
+}
+
+// envOr is the environment variable's value, or def when it is unset or
+// empty. The agent pod sets SIGIL_SOCKET and SIGIL_PIN_DIR when each node has
+// its own folders (the chart's agent.perNodeHostPaths), so `sigil` run there
+// (also through --node) finds its own agent.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
