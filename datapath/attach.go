@@ -78,6 +78,26 @@ var endpointHooks = []hook{
 	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(d *Datapath) *ebpf.Program { return d.toContainer }},
 }
 
+// nativeDeviceHooks: the egress of a native-routing device, where packets a
+// local pod sent to a service and the host stack translated (kube-proxy,
+// ConfigServiceDefer) to a backend on another node have their egress judged.
+var nativeDeviceHooks = []hook{
+	{"netdev", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(d *Datapath) *ebpf.Program { return d.toNetdev }},
+}
+
+// AttachNativeDevice attaches to_netdev to the egress of a node device that
+// natively routes pod traffic to other nodes. It is needed only with
+// ConfigServiceDefer in native routing mode; packets Sigil did not defer
+// pass it at once. Idempotent, like AttachEndpoint.
+func (d *Datapath) AttachNativeDevice(ifName string, ifIndex int) error {
+	return d.attachHooks(ifName, ifIndex, nativeDeviceHooks)
+}
+
+// DetachNativeDevice removes to_netdev from ifName; idempotent.
+func (d *Datapath) DetachNativeDevice(ifName string) error {
+	return d.detachHooks(ifName, nativeDeviceHooks)
+}
+
 func (d *Datapath) linkPin(ifName, suffix string) string {
 	return filepath.Join(d.cfg.PinDir, "links", ifName+"-"+suffix)
 }

@@ -33,7 +33,9 @@ struct pkt4 {
 	__u8 tcp_flags;
 	__u32 len;
 	__u8 has_inner;      /* ICMP error with a parsable embedded header */
-	__u8 pad[3];
+	__u8 l4_off;         /* offset of the L4 header in the frame */
+	__u8 later_frag;     /* a non-first fragment: no L4 header */
+	__u8 pad;
 	struct ct4_key inner;
 };
 
@@ -152,6 +154,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
 	p->daddr = ip.daddr;
 	p->proto = ip.protocol;
 	p->len = skb->len;
+	p->l4_off = off + hlen;
 
 	frag = bpf_ntohs(ip.frag_off);
 	if (frag & IP_OFFSET) {
@@ -162,6 +165,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
 		struct frag_ports *fp = bpf_map_lookup_elem(&sigil_frag4, &fk);
 		if (!fp)
 			return DROP_FRAG_UNKNOWN;
+		p->later_frag = 1;
 		p->sport = fp->sport;
 		p->dport = fp->dport;
 		p->policy_port = fp->dport;
