@@ -250,3 +250,87 @@ func TestTCServiceTranslation(t *testing.T) {
 		return e.Reason == datapath.DropNoServiceBackend && e.Dst == empty && e.Src == client.IP
 	})
 }
+
+// TestMultiNodeServices: services whose backends are on another node, in
+// tunnel and native routing. With kube-proxy's DNAT on node 1 and deferral,
+// node 1 judges a's egress on the remote backend (to_overlay, or to_netdev
+// on the underlay device); replies return through node 1's stack to be
+// reverse-NATed. With Sigil's tc translation, replies are reverse-NATed
+// where a's ingress is judged (from_overlay, or to_container).
+func TestMultiNodeServices(t *testing.T) {
+	dt.RequireBPF(t)
+	testnet.RequireRoot(t)
+	for _, mode := range []datapath.RoutingMode{datapath.RoutingTunnel, datapath.RoutingNative} {
+		t.Run(string(mode), func(t *testing.T) { testMultiNodeServices(t, mode) })
+	}
+}
+
+func testMultiNodeServices(t *testing.T, mode datapath.RoutingMode) {
+	c := newMCluster(t, mode)
+	n1 := c.nodes[0]
+	a, cc, cd := n1.pods[0], c.nodes[1].pods[0], c.nodes[1].pods[1]
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []*mpod{cc, cd} {
+		p.NS.Serve(t, p.IP.String()+":8080")
+	}
+	// a's egress: cc on TCP 8080 only.
+	_, err := n1.h.Policy.Sync(a.epID, datapath.PolicyMapEntries{
+		{Identity: cc.identity, Direction: datapath.Egress, Protocol: datapath.ProtoTCP, Port: 8080, PortPrefixLen: 16}: {Cookie: 1},
+	})
+	must(err)
+	c.installEndpoint(t, a, datapath.EndpointEnforceEgress)
+
+	// kube-proxy on node 1.
+	vipCC, vipCD := netip.MustParseAddr("198.18.253.1"), netip.MustParseAddr("198.18.253.2")
+	kubeProxyDNAT(t, n1.tn.NS, vipCC, 80, cc.IP)
+	kubeProxyDNAT(t, n1.tn.NS, vipCD, 80, cd.IP)
+	deferServices(t, n1.h, "198.18.253.0/24")
+	if mode == datapath.RoutingNative {
+		must(n1.h.AttachNativeDevice("ul0", n1.tn.NS.IfIndex(t, "ul0")))
+		t.Cleanup(func() { n1.h.DetachNativeDevice("ul0") })
+	}
+	expect(t, "kube-proxy: a -> vipCC (cc on node 2)", a.NS.TCP(vipCC.String()+":80", okTimeout), true)
+	expect(t, "kube-proxy: a -> vipCD (cd, denied)", a.NS.TCP(vipCD.String()+":80", dropTimeout), false)
+	ev := waitEvent(t, n1.h, func(e datapath.FlowEvent) bool { return e.Verdict == datapath.VerdictDropped && e.Dst == cd.IP })
+	if ev.Reason != datapath.DropPolicyDefault || ev.EndpointID != a.epID || ev.Direction != datapath.Egress {
+		t.Errorf("node 1 drop event %+v: want a's egress default deny on cd", ev)
+	}
+	if mode == datapath.RoutingTunnel {
+		// The deferred packet carries a's identity to node 2.
+		ev := waitEvent(t, c.nodes[1].h, func(e datapath.FlowEvent) bool {
+			return e.Type == datapath.EventPolicyVerdict && e.Dst == cc.IP && e.Direction == datapath.Ingress
+		})
+		if ev.SrcIdentity != a.identity {
+			t.Errorf("node 2 judged the deferred packet as identity %d, want a's %d", ev.SrcIdentity, a.identity)
+		}
+	}
+	n1.tn.NS.MustRun(t, "iptables", "-t", "nat", "-F", "PREROUTING")
+	rc, err := n1.h.Config.Get()
+	must(err)
+	rc.Flags &^= datapath.ConfigServiceDefer
+	rc.ServiceCIDRs = nil
+
+	// Sigil's tc translation on node 1 (socket programs not attached).
+	rc.Flags |= datapath.ConfigLBTC
+	must(n1.h.SetRuntimeConfig(rc))
+	lb, err := datapath.LoadLB(datapath.LBConfig{PinDir: n1.h.PinDir()})
+	must(err)
+	t.Cleanup(func() { lb.Close() })
+	vipTC, vipTD := netip.MustParseAddr("198.18.254.1"), netip.MustParseAddr("198.18.254.2")
+	must(lb.UpsertService(datapath.Service{Frontend: datapath.Frontend{Address: vipTC, Port: 80, Proto: datapath.ProtoTCP},
+		Backends: []datapath.Backend{{Address: cc.IP, Port: 8080}}}))
+	must(lb.UpsertService(datapath.Service{Frontend: datapath.Frontend{Address: vipTD, Port: 80, Proto: datapath.ProtoTCP},
+		Backends: []datapath.Backend{{Address: cd.IP, Port: 8080}}}))
+	conn, err := a.NS.DialTCP(vipTC.String()+":80", okTimeout)
+	if err != nil {
+		t.Fatalf("tc translation: a -> vipTC (cc on node 2): %v", err)
+	}
+	must(testnet.Echo(conn, okTimeout))
+	conn.Close()
+	expect(t, "tc translation: a -> vipTD (cd, denied)", a.NS.TCP(vipTD.String()+":80", dropTimeout), false)
+}
