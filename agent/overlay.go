@@ -29,7 +29,12 @@ type OverlayConfig struct {
 	ClusterPoolCIDRs []netip.Prefix
 	// Masquerade: pod traffic leaving the cluster takes the node's address.
 	Masquerade bool
-	Logger     *slog.Logger
+	// DeferServices: the datapath defers pods' service traffic to the host
+	// stack's DNAT (datapath.ConfigServiceDefer, kube-proxy). In native
+	// routing mode Sync then attaches to_netdev to the devices Sigil's
+	// routes leave through, where that traffic's egress is judged.
+	DeferServices bool
+	Logger        *slog.Logger
 }
 
 func (c *OverlayConfig) defaults() {
@@ -86,7 +91,8 @@ type Overlay struct {
 	ifIndex int
 
 	mu          sync.Mutex
-	masqRemoved bool // masquerading off and the chain removed
+	masqRemoved bool           // masquerading off and the chain removed
+	netdevs     map[string]int // devices with to_netdev attached (DeferServices, native)
 }
 
 // NewOverlay sets up the node's routing mode on a loaded datapath: in tunnel
@@ -215,6 +221,11 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	if err := o.syncRoutes(st.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
+	if o.cfg.DeferServices && o.cfg.Mode == datapath.RoutingNative {
+		if err := o.attachNetdevs(); err != nil {
+			errs = append(errs, fmt.Errorf("native devices: %w", err))
+		}
+	}
 	if st.Masquerade != nil {
 		// Without an own pod CIDR there is nothing to masquerade yet.
 		if len(st.Masquerade.PodCIDRs) > 0 {
@@ -234,6 +245,31 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	}
 	o.cfg.Logger.Debug("overlay synced", "nodes", len(nodes), "tunnelEntries", len(st.Tunnel), "routes", len(st.Routes))
 	return nil
+}
+
+// attachNetdevs attaches to_netdev to the devices Sigil's routes use, once
+// per device (and again when its ifindex changed).
+func (o *Overlay) attachNetdevs() error {
+	devs, err := o.dp.RouteDevices()
+	if err != nil {
+		return err
+	}
+	if o.netdevs == nil {
+		o.netdevs = map[string]int{}
+	}
+	var errs []error
+	for name, idx := range devs {
+		if o.netdevs[name] == idx {
+			continue
+		}
+		if err := o.dp.AttachNativeDevice(name, idx); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		o.netdevs[name] = idx
+		o.cfg.Logger.Info("deferred service egress judged on native device", "device", name)
+	}
+	return errors.Join(errs...)
 }
 
 // syncRoutes is SyncRoutes that does not let one route the kernel refuses
@@ -259,13 +295,19 @@ func (o *Overlay) syncRoutes(routes []datapath.PodRoute) error {
 }
 
 // CleanupOverlay removes what the overlay installed on the node: Sigil's
-// routes, the masquerade chain, the tunnel map entries and the tunnel device
+// routes, the masquerade chain, the tunnel map entries, to_netdev on native
+// devices and the tunnel device
 // (for uninstall; `sigil-agent --cleanup`).
 func CleanupOverlay(dp *datapath.Datapath, device string) error {
 	if device == "" {
 		device = datapath.DefaultTunnelDevice
 	}
 	errs := []error{dp.SyncRoutes(nil), dp.RemoveMasquerade(), dp.Tunnel.Sync(nil)}
+	devs, err := dp.NativeDevices()
+	errs = append(errs, err)
+	for _, dev := range devs {
+		errs = append(errs, dp.DetachNativeDevice(dev))
+	}
 	if rc, err := dp.Config.Get(); err == nil {
 		rc.Flags &^= datapath.ConfigTunnel
 		rc.TunnelIfIndex = 0

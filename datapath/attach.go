@@ -98,6 +98,24 @@ func (d *Datapath) DetachNativeDevice(ifName string) error {
 	return d.detachHooks(ifName, nativeDeviceHooks)
 }
 
+// NativeDevices lists the interfaces with to_netdev attached (their pins).
+func (d *Datapath) NativeDevices() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(d.cfg.PinDir, "links"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if base, ok := cutSuffix(e.Name(), "-"+nativeDeviceHooks[0].suffix); ok {
+			out = append(out, base)
+		}
+	}
+	return out, nil
+}
+
 func (d *Datapath) linkPin(ifName, suffix string) string {
 	return filepath.Join(d.cfg.PinDir, "links", ifName+"-"+suffix)
 }

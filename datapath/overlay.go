@@ -159,6 +159,32 @@ func (d *Datapath) SyncRoutes(routes []PodRoute) error {
 	})
 }
 
+// RouteDevices returns the interfaces (name -> ifindex) Sigil's routes
+// leave through: in native routing mode, the underlay devices that carry pod
+// traffic to other nodes (where AttachNativeDevice is needed with
+// ConfigServiceDefer).
+func (d *Datapath) RouteDevices() (map[string]int, error) {
+	out := map[string]int{}
+	err := d.inNetNS(func() error {
+		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.LinkIndex == 0 {
+				continue
+			}
+			l, err := netlink.LinkByIndex(r.LinkIndex)
+			if err != nil {
+				return fmt.Errorf("route %s: %w", r.Dst, err)
+			}
+			out[l.Attrs().Name] = r.LinkIndex
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Masquerade: pod traffic leaving the cluster takes the node's address, done
 // by an iptables chain the agent owns (docs/datapath.md says why not BPF SNAT
 // yet). Traffic to any cluster CIDR (pod CIDRs, node addresses) keeps its

@@ -101,3 +101,45 @@ func TestCleanup(t *testing.T) {
 		t.Errorf("prefilter attachments after cleanup: %v %v", att, err)
 	}
 }
+
+// TestNativeDeferredServices: in native routing mode with deferred service
+// egress, the overlay attaches to_netdev to the device its routes use, and
+// --cleanup removes it.
+func TestNativeDeferredServices(t *testing.T) {
+	testnet.RequireRoot(t)
+	dt.RequireBPF(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tn, err := testnet.CreateNode(netip.MustParseAddr("198.18.43.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tn.Delete() })
+	peer := testnet.NewNS(t, "sgpeer")
+	testnet.Veth(t, tn.NS, "ul0", peer, "ul0")
+	tn.NS.MustRun(t, "ip", "addr", "add", "198.19.43.1/24", "dev", "ul0")
+	pin := dt.PinDir(t)
+	d, err := datapath.Load(datapath.Config{PinDir: pin, NetNS: tn.NS.Path, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ov, err := agent.NewOverlay(d, agent.OverlayConfig{Mode: datapath.RoutingNative, DeferServices: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ov.Sync("n1", []agent.OverlayNode{
+		{Name: "n1", InternalIP: netip.MustParseAddr("198.19.43.1"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.43.0/24")}},
+		{Name: "n2", InternalIP: netip.MustParseAddr("198.19.43.2"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.44.0/24")}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := d.NativeDevices(); err != nil || len(devs) != 1 || devs[0] != "ul0" {
+		t.Fatalf("native devices %v, %v; want ul0", devs, err)
+	}
+	if err := cleanupNode(pin, "auto", tn.NS.Path, "", log); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := d.NativeDevices(); err != nil || len(devs) != 0 {
+		t.Errorf("native devices after cleanup %v, %v", devs, err)
+	}
+}
