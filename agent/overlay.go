@@ -304,7 +304,7 @@ func CleanupOverlay(dp *datapath.Datapath, device string) error {
 	}
 	errs := []error{dp.SyncRoutes(nil), dp.RemoveMasquerade(), dp.Tunnel.Sync(nil)}
 	devs, err := dp.NativeDevices()
-	errs = append(errs, err)
+	errs = append(errs, err, dp.DetachLocalIngress())
 	for _, dev := range devs {
 		errs = append(errs, dp.DetachNativeDevice(dev))
 	}

@@ -21,6 +21,10 @@
  *                   pods), identity remote-node as the peer will see it; a
  *                   pod's packet the stack translated (kube-proxy) has its
  *                   deferred egress judged and carries the pod's identity.
+ * On the cgroup v2 root (deferred services only):
+ *   local_ingress:  judges the deferred egress of pods' packets the stack
+ *                   translated to the node's own addresses (delivered
+ *                   locally, past every tc hook).
  * On the node's native-routing devices:
  *   to_netdev:      tc egress: judges the deferred egress of pods' packets
  *                   the stack translated to a backend on another node; all
@@ -580,6 +584,34 @@ SEC("tc")
 int to_overlay(struct __sk_buff *skb)
 {
 	return handle_to_overlay(skb);
+}
+
+/* local_ingress, a cgroup_skb/ingress program on the cgroup v2 root,
+ * judges the deferred egress of a pod's packet the host stack translated to
+ * an address of the node itself (a ClusterIP whose backend is host-network):
+ * such a packet is delivered locally and passes no tc hook after the DNAT.
+ * Packets arrive here without their Ethernet header. Unmarked ones pass at
+ * once. Returns 1 (deliver) or 0 (drop). */
+SEC("cgroup_skb/ingress")
+int local_ingress(struct __sk_buff *skb)
+{
+	const struct runtime_config *cfg;
+	struct verdict_ctx v = { .dir = DIR_EGRESS };
+	const struct endpoint_info *src;
+	struct pkt4 p = {};
+	__u8 reason;
+
+	if (!(skb->mark & SIGIL_MARK_DEFER) || skb->protocol != bpf_htons(ETH_P_IP))
+		return 1;
+	cfg = config_get();
+	reason = parse_ipv4_at(skb, &p, 0);
+	if (!reason)
+		reason = judge_deferred(skb, cfg, &p, IDENTITY_ANY, bpf_ktime_get_coarse_ns(), &v, &src);
+	if (reason) {
+		drop(skb, &p, &v, reason);
+		return 0;
+	}
+	return 1;
 }
 
 SEC("tc")

@@ -98,6 +98,29 @@ func (d *Datapath) DetachNativeDevice(ifName string) error {
 	return d.detachHooks(ifName, nativeDeviceHooks)
 }
 
+func (d *Datapath) localIngressPin() string {
+	return filepath.Join(d.cfg.PinDir, "links", "cgroup-local_ingress")
+}
+
+// AttachLocalIngress attaches local_ingress to the cgroup v2 directory
+// cgroup (its root: every socket of the node), where packets a pod sent to
+// a service and the host stack translated to an address of the node itself
+// (ConfigServiceDefer) have the pod's egress judged: they are delivered
+// locally and pass no tc hook. Other packets pass it at once. Idempotent.
+func (d *Datapath) AttachLocalIngress(cgroup string) error {
+	pin := d.localIngressPin()
+	updated, err := updatePinnedLink(pin, d.localIngress, nil)
+	if err != nil || updated {
+		return err
+	}
+	return pinNewLink(pin, func() (link.Link, error) {
+		return link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: ebpf.AttachCGroupInetIngress, Program: d.localIngress})
+	})
+}
+
+// DetachLocalIngress removes local_ingress from its cgroup; idempotent.
+func (d *Datapath) DetachLocalIngress() error { return detachPinnedLink(d.localIngressPin()) }
+
 // NativeDevices lists the interfaces with to_netdev attached (their pins).
 func (d *Datapath) NativeDevices() ([]string, error) {
 	entries, err := os.ReadDir(filepath.Join(d.cfg.PinDir, "links"))

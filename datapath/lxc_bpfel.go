@@ -294,6 +294,7 @@ const (
 	lxcMapSigilTunnel                 = "sigil_tunnel"
 	lxcProgFromContainer              = "from_container"
 	lxcProgFromOverlay                = "from_overlay"
+	lxcProgLocalIngress               = "local_ingress"
 	lxcProgToContainer                = "to_container"
 	lxcProgToNetdev                   = "to_netdev"
 	lxcProgToOverlay                  = "to_overlay"
@@ -349,6 +350,7 @@ type lxcSpecs struct {
 type lxcProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
 	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
+	LocalIngress  *ebpf.ProgramSpec `ebpf:"local_ingress"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
 	ToNetdev      *ebpf.ProgramSpec `ebpf:"to_netdev"`
 	ToOverlay     *ebpf.ProgramSpec `ebpf:"to_overlay"`
@@ -465,6 +467,7 @@ type lxcVariables struct {
 type lxcPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
 	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
+	LocalIngress  *ebpf.Program `ebpf:"local_ingress"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
 	ToNetdev      *ebpf.Program `ebpf:"to_netdev"`
 	ToOverlay     *ebpf.Program `ebpf:"to_overlay"`
@@ -474,6 +477,7 @@ func (p *lxcPrograms) Close() error {
 	return _LxcClose(
 		p.FromContainer,
 		p.FromOverlay,
+		p.LocalIngress,
 		p.ToContainer,
 		p.ToNetdev,
 		p.ToOverlay,

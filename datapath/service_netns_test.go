@@ -116,10 +116,29 @@ func TestKubeProxySameNode(t *testing.T) {
 	}
 	// Pods without egress policy use services as before.
 	expect(t, "b -> vipC:80 (b unenforced)", b.NS.TCP(vipC.String()+":80", okTimeout), true)
-	// The mark does not leak into the pods.
-	if out := tn.NS.MustRun(t, "iptables", "-t", "nat", "-S", "PREROUTING"); out == "" {
-		t.Fatal("no DNAT rules")
+
+	// A ClusterIP whose backend is the node itself (host network): the
+	// packet is delivered locally, past every tc hook; local_ingress on the
+	// cgroup root judges it. a's egress does not allow the host.
+	vipHost := netip.MustParseAddr("198.18.251.3")
+	tn.NS.Serve(t, "198.18.31.1:8080")
+	kubeProxyDNAT(t, tn.NS, vipHost, 80, netip.MustParseAddr("198.18.31.1"))
+	must(h.AttachLocalIngress(datapath.DefaultCgroup2))
+	t.Cleanup(func() { h.DetachLocalIngress() })
+	expect(t, "a -> vipHost:80 (the node, denied)", a.NS.TCP(vipHost.String()+":80", dropTimeout), false)
+	ev = waitEvent(t, h, func(e datapath.FlowEvent) bool {
+		return e.Verdict == datapath.VerdictDropped && e.Dst.String() == "198.18.31.1"
+	})
+	if ev.Reason != datapath.DropPolicyDefault || ev.EndpointID != 1 || ev.DstIdentity != datapath.IdentityHost {
+		t.Errorf("drop event %+v: want a's egress default deny on the host", ev)
 	}
+	expect(t, "b -> vipHost:80 (b unenforced)", b.NS.TCP(vipHost.String()+":80", okTimeout), true)
+	_, err = h.Policy.Sync(1, datapath.PolicyMapEntries{
+		{Identity: 3001, Direction: datapath.Egress, Protocol: datapath.ProtoTCP, Port: 8080, PortPrefixLen: 16}:                  {Cookie: 1},
+		{Identity: datapath.IdentityHost, Direction: datapath.Egress, Protocol: datapath.ProtoTCP, Port: 8080, PortPrefixLen: 16}: {Cookie: 3},
+	})
+	must(err)
+	expect(t, "a -> vipHost:80 once the host is allowed", a.NS.TCP(vipHost.String()+":80", okTimeout), true)
 }
 
 // TestTCServiceTranslation: with the socket programs not attached, the tc

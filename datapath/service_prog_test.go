@@ -313,6 +313,20 @@ func TestDeferredEgress(t *testing.T) {
 		t.Errorf("unsolicited packet from a ClusterIP into A accepted")
 	}
 
+	// A backend on the node itself: local_ingress (cgroup) judges it.
+	// cgroup_skb verdicts: 1 deliver, 0 drop.
+	local := h.LocalIngressProgram()
+	toHost := tcpSyn(ipA, ipHost, 8080)
+	must(h.Endpoints.Upsert(ipA, datapath.EndpointInfo{ID: epA, IfIndex: 99, Identity: idA,
+		Flags: datapath.EndpointEnforceEgress | datapath.EndpointEnforceIngress}))
+	if r := h.RunProg(local, toHost.Bytes(), 0); r.Action != 1 || r.Event != nil {
+		t.Errorf("local_ingress, unmarked: verdict %d event %+v, want delivered untouched", r.Action, r.Event)
+	}
+	if r := h.RunProg(local, toHost.Bytes(), deferred); r.Action != 0 || r.Reason() != datapath.DropPolicyDefault ||
+		r.Event.DstIdentity != datapath.IdentityHost {
+		t.Errorf("local_ingress, deferred to the host (denied): verdict %d event %+v", r.Action, r.Event)
+	}
+
 	// Native routing: to_netdev judges deferred packets leaving the node
 	// and passes everything else at once.
 	_, _, toNetdev := h.OverlayPrograms()

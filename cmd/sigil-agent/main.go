@@ -145,6 +145,10 @@ func run() error {
 			d.Close()
 			return err
 		}
+		if err := sf.localIngress(d, deferSvc, log); err != nil {
+			d.Close()
+			return err
+		}
 		// Other nodes are known from their SigilNodes only: without
 		// Kubernetes the node stands alone (no tunnel, routes or masquerade).
 		if restCfg != nil {

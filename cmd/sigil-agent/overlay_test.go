@@ -4,6 +4,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -136,10 +138,21 @@ func TestNativeDeferredServices(t *testing.T) {
 	if devs, err := d.NativeDevices(); err != nil || len(devs) != 1 || devs[0] != "ul0" {
 		t.Fatalf("native devices %v, %v; want ul0", devs, err)
 	}
+	// As the agent does with deferral on: the cgroup program too.
+	if err := (serviceFlags{cgroup: datapath.DefaultCgroup2}).localIngress(d, true, log); err != nil {
+		t.Fatal(err)
+	}
+	localPin := filepath.Join(pin, "links", "cgroup-local_ingress")
+	if _, err := os.Stat(localPin); err != nil {
+		t.Fatalf("local_ingress not attached: %v", err)
+	}
 	if err := cleanupNode(pin, "auto", tn.NS.Path, "", log); err != nil {
 		t.Fatal(err)
 	}
 	if devs, err := d.NativeDevices(); err != nil || len(devs) != 0 {
 		t.Errorf("native devices after cleanup %v, %v", devs, err)
+	}
+	if _, err := os.Stat(localPin); !os.IsNotExist(err) {
+		t.Errorf("local_ingress still attached after cleanup: %v", err)
 	}
 }

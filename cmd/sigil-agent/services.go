@@ -62,6 +62,21 @@ func (f serviceFlags) applyRuntime(rc *datapath.RuntimeConfig, lbOn bool) (bool,
 	return true, nil
 }
 
+// localIngress attaches, with deferral on, the cgroup program that judges
+// pods' service traffic the host stack translated to the node's own
+// addresses (delivered locally, past every tc hook); with deferral off it
+// detaches what a previous run attached.
+func (f serviceFlags) localIngress(d *datapath.Datapath, deferred bool, log *slog.Logger) error {
+	if !deferred {
+		return d.DetachLocalIngress()
+	}
+	if err := d.AttachLocalIngress(f.cgroup); err != nil {
+		return fmt.Errorf("service egress deferral: attach to %s: %w", f.cgroup, err)
+	}
+	log.Info("service egress deferred to after kube-proxy's DNAT", "serviceCIDRs", f.serviceCIDRs, "cgroup", f.cgroup)
+	return nil
+}
+
 // services is the running service load-balancer, if any.
 type services struct {
 	lb   *datapath.LB
