@@ -30,9 +30,10 @@ type OverlayConfig struct {
 	// Masquerade: pod traffic leaving the cluster takes the node's address.
 	Masquerade bool
 	// DeferServices: the datapath defers pods' service traffic to the host
-	// stack's DNAT (datapath.ConfigServiceDefer, kube-proxy). In native
-	// routing mode Sync then attaches to_netdev to the devices Sigil's
-	// routes leave through, where that traffic's egress is judged.
+	// stack's DNAT (datapath.ConfigServiceDefer, kube-proxy). Sync then
+	// attaches to_netdev to the devices traffic to other nodes leaves
+	// through (and the default route's), where that traffic's egress is
+	// judged when its backend is not on this node.
 	DeferServices bool
 	Logger        *slog.Logger
 }
@@ -221,8 +222,8 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	if err := o.syncRoutes(st.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
-	if o.cfg.DeferServices && o.cfg.Mode == datapath.RoutingNative {
-		if err := o.attachNetdevs(); err != nil {
+	if o.cfg.DeferServices {
+		if err := o.attachNetdevs(self, nodes); err != nil {
 			errs = append(errs, fmt.Errorf("native devices: %w", err))
 		}
 	}
@@ -247,10 +248,24 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	return nil
 }
 
-// attachNetdevs attaches to_netdev to the devices Sigil's routes use, once
-// per device (and again when its ifindex changed).
-func (o *Overlay) attachNetdevs() error {
-	devs, err := o.dp.RouteDevices()
+// attachNetdevs attaches to_netdev to the devices traffic leaves through
+// towards the other nodes (their addresses, Sigil's routes, the default
+// route; not the tunnel device), once per device (and again when its
+// ifindex changed): a pod's service traffic kube-proxy sends there (a
+// backend pod in native mode, a host-network backend on another node in
+// either mode) has its deferred egress judged on the way out.
+func (o *Overlay) attachNetdevs(self string, nodes []OverlayNode) error {
+	var dsts []netip.Addr
+	for _, n := range nodes {
+		if n.Name != self && n.InternalIP.IsValid() && n.InternalIP.Is4() {
+			dsts = append(dsts, n.InternalIP)
+		}
+	}
+	skip := ""
+	if o.cfg.Mode == datapath.RoutingTunnel {
+		skip = o.cfg.Device
+	}
+	devs, err := o.dp.RouteDevices(dsts, skip)
 	if err != nil {
 		return err
 	}

@@ -309,10 +309,15 @@ func testMultiNodeServices(t *testing.T, mode datapath.RoutingMode) {
 	kubeProxyDNAT(t, n1.tn.NS, vipCC, 80, cc.IP)
 	kubeProxyDNAT(t, n1.tn.NS, vipCD, 80, cd.IP)
 	deferServices(t, n1.h, "198.18.253.0/24")
-	if mode == datapath.RoutingNative {
-		must(n1.h.AttachNativeDevice("ul0", n1.tn.NS.IfIndex(t, "ul0")))
-		t.Cleanup(func() { n1.h.DetachNativeDevice("ul0") })
+	// As the agent's overlay does: to_netdev on the devices towards the
+	// other nodes (not the tunnel device).
+	devs, err := n1.h.RouteDevices([]netip.Addr{c.nodes[1].underlay}, datapath.DefaultTunnelDevice)
+	must(err)
+	if len(devs) != 1 || devs["ul0"] == 0 {
+		t.Fatalf("devices towards node 2: %v, want ul0", devs)
 	}
+	must(n1.h.AttachNativeDevice("ul0", devs["ul0"]))
+	t.Cleanup(func() { n1.h.DetachNativeDevice("ul0") })
 	expect(t, "kube-proxy: a -> vipCC (cc on node 2)", a.NS.TCP(vipCC.String()+":80", okTimeout), true)
 	expect(t, "kube-proxy: a -> vipCD (cd, denied)", a.NS.TCP(vipCD.String()+":80", dropTimeout), false)
 	ev := waitEvent(t, n1.h, func(e datapath.FlowEvent) bool { return e.Verdict == datapath.VerdictDropped && e.Dst == cd.IP })
@@ -328,6 +333,18 @@ func testMultiNodeServices(t *testing.T, mode datapath.RoutingMode) {
 			t.Errorf("node 2 judged the deferred packet as identity %d, want a's %d", ev.SrcIdentity, a.identity)
 		}
 	}
+	// A host-network backend on node 2 (its underlay address): leaves
+	// node 1 through the underlay in either mode, judged by to_netdev.
+	vipNode := netip.MustParseAddr("198.18.253.3")
+	c.nodes[1].tn.NS.Serve(t, c.nodes[1].underlay.String()+":8080")
+	kubeProxyDNAT(t, n1.tn.NS, vipNode, 80, c.nodes[1].underlay)
+	expect(t, "kube-proxy: a -> vipNode (node 2 itself, denied)", a.NS.TCP(vipNode.String()+":80", dropTimeout), false)
+	_, err = n1.h.Policy.Sync(a.epID, datapath.PolicyMapEntries{
+		{Identity: cc.identity, Direction: datapath.Egress, Protocol: datapath.ProtoTCP, Port: 8080, PortPrefixLen: 16}:                 {Cookie: 1},
+		{Identity: datapath.IdentityRemoteNode, Direction: datapath.Egress, Protocol: datapath.ProtoTCP, Port: 8080, PortPrefixLen: 16}: {Cookie: 2},
+	})
+	must(err)
+	expect(t, "kube-proxy: a -> vipNode once remote-node is allowed", a.NS.TCP(vipNode.String()+":80", okTimeout), true)
 	n1.tn.NS.MustRun(t, "iptables", "-t", "nat", "-F", "PREROUTING")
 	rc, err := n1.h.Config.Get()
 	must(err)

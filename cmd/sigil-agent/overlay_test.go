@@ -104,12 +104,19 @@ func TestCleanup(t *testing.T) {
 	}
 }
 
-// TestNativeDeferredServices: in native routing mode with deferred service
-// egress, the overlay attaches to_netdev to the device its routes use, and
-// --cleanup removes it.
-func TestNativeDeferredServices(t *testing.T) {
+// TestDeferredServicesDevices: with deferred service egress the overlay
+// attaches to_netdev to the device towards the other nodes (in tunnel mode
+// not to the tunnel device), the agent attaches local_ingress, and --cleanup
+// removes both.
+func TestDeferredServicesDevices(t *testing.T) {
 	testnet.RequireRoot(t)
 	dt.RequireBPF(t)
+	for _, mode := range []datapath.RoutingMode{datapath.RoutingNative, datapath.RoutingTunnel} {
+		t.Run(string(mode), func(t *testing.T) { testDeferredServicesDevices(t, mode) })
+	}
+}
+
+func testDeferredServicesDevices(t *testing.T, mode datapath.RoutingMode) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	tn, err := testnet.CreateNode(netip.MustParseAddr("198.18.43.1"))
 	if err != nil {
@@ -125,7 +132,7 @@ func TestNativeDeferredServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	ov, err := agent.NewOverlay(d, agent.OverlayConfig{Mode: datapath.RoutingNative, DeferServices: true, Logger: log})
+	ov, err := agent.NewOverlay(d, agent.OverlayConfig{Mode: mode, DeferServices: true, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
