@@ -328,12 +328,16 @@ static __always_inline __u8 lb4_dnat(struct __sk_buff *skb, struct pkt4 *p, __u6
 }
 
 /* rev_nat4 gives a reply of a translated flow the frontend's address and
- * port as its source, before it reaches the client. A frontend deleted since
- * leaves the reply as it is. Returns REASON_FORWARDED or a drop reason. */
-static __always_inline __u8 rev_nat4(struct __sk_buff *skb, struct pkt4 *p, const struct ct_state *st)
+ * port as its source, before it reaches the client, and accounts it to the
+ * flow's CT_F_SERVICE entry (so that entry lives as long as the connection,
+ * and closes with it). A frontend deleted since leaves the reply as it is.
+ * Returns REASON_FORWARDED or a drop reason. */
+static __always_inline __u8 rev_nat4(struct __sk_buff *skb, struct pkt4 *p, const struct ct_state *st,
+				     __u64 now)
 {
 	const struct lb4_reverse_nat *rn;
 	__u16 idx = st->rev_nat_index;
+	struct ct_entry *e;
 
 	if (st->status != CT_REPLY || !idx)
 		return REASON_FORWARDED;
@@ -342,6 +346,13 @@ static __always_inline __u8 rev_nat4(struct __sk_buff *skb, struct pkt4 *p, cons
 		return REASON_FORWARDED;
 	if (nat4_rewrite(skb, p, NAT_SRC, rn->address, rn->port) < 0)
 		return DROP_NAT_FAILED;
+	{
+		struct ct4_key ck = { .saddr = p->daddr, .daddr = p->saddr, .sport = p->dport,
+				      .dport = p->sport, .proto = p->proto, .direction = DIR_EGRESS };
+		e = ct_find(&ck, now);
+		if (e && (e->flags & CT_F_SERVICE))
+			ct_touch(e, p, true, now);
+	}
 	return REASON_FORWARDED;
 }
 
@@ -396,7 +407,7 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 
 		reason = judge(skb, cfg, &p, dst_ep, DIR_INGRESS, ep->identity, now, &v, &dst_st, 0, 0);
 		if (!reason)
-			reason = rev_nat4(skb, &p, &dst_st);
+			reason = rev_nat4(skb, &p, &dst_st, now);
 		if (reason)
 			return drop(skb, &p, &v, reason);
 		return deliver_local(skb, dst_ep);
@@ -435,7 +446,7 @@ static __always_inline int handle_to_container(struct __sk_buff *skb)
 	reason = judge(skb, cfg, &p, ep, DIR_INGRESS, src ? src->identity : IDENTITY_ANY, now, &v, &st,
 		       via_stack, 0);
 	if (!reason)
-		reason = rev_nat4(skb, &p, &st);
+		reason = rev_nat4(skb, &p, &st, now);
 	if (reason)
 		return drop(skb, &p, &v, reason);
 	return SIGIL_PASS;
@@ -450,6 +461,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb)
 	struct ct_state st;
 	struct pkt4 p = {};
 	__u32 src_identity;
+	__u64 now;
 	__u8 reason;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -469,9 +481,10 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb)
 		bpf_skb_change_type(skb, PACKET_HOST);
 		return SIGIL_PASS;
 	}
-	reason = judge(skb, cfg, &p, ep, DIR_INGRESS, src_identity, bpf_ktime_get_coarse_ns(), &v, &st, 0, 0);
+	now = bpf_ktime_get_coarse_ns();
+	reason = judge(skb, cfg, &p, ep, DIR_INGRESS, src_identity, now, &v, &st, 0, 0);
 	if (!reason)
-		reason = rev_nat4(skb, &p, &st);
+		reason = rev_nat4(skb, &p, &st, now);
 	if (reason)
 		return drop(skb, &p, &v, reason);
 	if (st.flags & CT_F_VIA_STACK) {

@@ -137,6 +137,13 @@ func TestServiceTranslation(t *testing.T) {
 	if p := decode(t, "reply", r); p.Src != vip1 || p.SrcPort != 80 || p.Dst != ipA || p.DstPort != 40000 {
 		t.Errorf("reply reaches A as %s:%d -> %s:%d, want from vip1:80", p.Src, p.SrcPort, p.Dst, p.DstPort)
 	}
+	// The reply is accounted to the service entry: it lives as long as
+	// the connection (not the 60 s of an unanswered SYN).
+	if e, ok := ctEntry(t, h, func(e datapath.CTEntry) bool {
+		return e.Flags&datapath.CTService != 0 && e.Tuple.Dst == vip1 && e.Tuple.SrcPort == 40000
+	}); !ok || e.Flags&datapath.CTSeenReply == 0 || e.Expires < datapath.CTLifetimeTCPSyn {
+		t.Errorf("service entry after the reply %+v (found %v): want seen-reply, established lifetime", e, ok)
+	}
 
 	// Spread: new flows use all three backends.
 	seen := map[netip.Addr]int{}
