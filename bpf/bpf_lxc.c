@@ -356,6 +356,84 @@ static __always_inline __u8 rev_nat4(struct __sk_buff *skb, struct pkt4 *p, cons
 	return REASON_FORWARDED;
 }
 
+static __always_inline __u16 csum_fold32(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+struct rst4 {
+	struct iphdr ip;
+	struct tcphdr tcp;
+};
+
+/* reject_tcp4 answers a TCP segment for a frontend without backends with a
+ * RST from the frontend, handed straight back into the client pod, so its
+ * connect() fails at once (ECONNREFUSED) instead of retrying SYNs until a
+ * timeout. The packet is rewritten in place (trimmed to the IPv4 and TCP
+ * headers). Segments that are RSTs, fragments or carry IP options, and
+ * other protocols, are only dropped. Returns the tc verdict. */
+static __always_inline int reject_tcp4(struct __sk_buff *skb, const struct pkt4 *p,
+				       const struct endpoint_info *ep)
+{
+	struct rst4 r = {};
+	struct iphdr ip;
+	struct tcphdr th;
+	__u8 mac[12];
+	__u32 sum = 0, hlen;
+	__u16 *w;
+	int i;
+
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & TCP_FLAG_RST) || p->later_frag)
+		return SIGIL_DROP;
+	if (bpf_skb_load_bytes(skb, 0, mac, sizeof(mac)) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip), &th, sizeof(th)) < 0)
+		return SIGIL_DROP;
+	hlen = sizeof(ip) + th.doff * 4;
+	if (ip.ihl != 5 || (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFSET)) || bpf_ntohs(ip.tot_len) < hlen)
+		return SIGIL_DROP;
+
+	r.ip.version = 4;
+	r.ip.ihl = 5;
+	r.ip.ttl = 64;
+	r.ip.protocol = IPPROTO_TCP;
+	r.ip.tot_len = bpf_htons(sizeof(r));
+	r.ip.saddr = ip.daddr;
+	r.ip.daddr = ip.saddr;
+	r.tcp.source = th.dest;
+	r.tcp.dest = th.source;
+	r.tcp.doff = 5;
+	r.tcp.rst = 1;
+	if (th.ack) {
+		r.tcp.seq = th.ack_seq;
+	} else {
+		r.tcp.ack = 1;
+		r.tcp.ack_seq = bpf_htonl(bpf_ntohl(th.seq) + (bpf_ntohs(ip.tot_len) - hlen) + th.syn + th.fin);
+	}
+	w = (__u16 *)&r.ip;
+#pragma unroll
+	for (i = 0; i < (int)(sizeof(r.ip) / 2); i++)
+		sum += w[i];
+	r.ip.check = csum_fold32(sum);
+	sum = (r.ip.saddr & 0xffff) + (r.ip.saddr >> 16) + (r.ip.daddr & 0xffff) + (r.ip.daddr >> 16) +
+	      bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(r.tcp));
+	w = (__u16 *)&r.tcp;
+#pragma unroll
+	for (i = 0; i < (int)(sizeof(r.tcp) / 2); i++)
+		sum += w[i];
+	r.tcp.check = csum_fold32(sum);
+
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, &mac[6], 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, &mac[0], 6, 0) < 0)
+		return SIGIL_DROP;
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
 /* --- programs ---------------------------------------------------------- */
 
 static __always_inline int handle_from_container(struct __sk_buff *skb)
@@ -387,7 +465,10 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 			if (reason) {
 				v.ep_id = ep->ep_id;
 				v.src_identity = ep->identity;
-				return drop(skb, &p, &v, reason);
+				drop(skb, &p, &v, reason);
+				if (reason == DROP_NO_SERVICE_BACKEND)
+					return reject_tcp4(skb, &p, ep);
+				return SIGIL_DROP;
 			}
 		}
 	}

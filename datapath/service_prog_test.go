@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -181,10 +182,22 @@ func TestServiceTranslation(t *testing.T) {
 		t.Errorf("A -> vip2 (backend C, denied): %+v, want a default-deny drop naming C", r.Event)
 	}
 
-	// No ready backend: dropped, and said why.
+	// No ready backend: dropped, and said why; a TCP SYN is answered with
+	// a RST from the frontend, redirected back into A.
 	r = h.Run(datapath.Egress, tcpSyn(ipA, vip3, 80))
 	if r.Allowed() || r.Reason() != datapath.DropNoServiceBackend || r.Event.Dst != vip3 {
 		t.Errorf("A -> vip3 (no backend): allowed %v, event %+v; want a 'no service backend' drop", r.Allowed(), r.Event)
+	}
+	if r.Action != dt.ActRedirect || len(r.Data) != 14+40 {
+		t.Errorf("A -> vip3: action %d, %d bytes; want a 54-byte RST redirected", r.Action, len(r.Data))
+	} else if p := decode(t, "RST", r); p.Src != vip3 || p.SrcPort != 80 || p.Dst != ipA || p.DstPort != 40000 ||
+		p.TCPFlags != dt.RST|dt.ACK || binary.BigEndian.Uint32(r.Data[14+28:]) != 1 {
+		t.Errorf("answer %s:%d -> %s:%d flags %#x ack %d, want RST|ACK from vip3:80 acknowledging the SYN",
+			p.Src, p.SrcPort, p.Dst, p.DstPort, p.TCPFlags, binary.BigEndian.Uint32(r.Data[14+28:]))
+	}
+	// UDP to a frontend without backends is only dropped.
+	if r := h.Run(datapath.Egress, dt.Packet{Src: ipA, Dst: vip1, Proto: 17, SrcPort: 5353, DstPort: 80}); r.Action != dt.ActNext {
+		t.Errorf("udp to vip1:80 (no UDP frontend there): action %d, want passed untranslated", r.Action)
 	}
 	// Not a frontend (other port): untouched.
 	r = h.Run(datapath.Egress, tcpSyn(ipA, vip1, 81))
