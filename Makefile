@@ -7,7 +7,7 @@ BPF_CFLAGS := -O2 -g -mcpu=v3 -Wall -Werror -Wextra -Wno-unused-parameter -I/usr
 TEST_FLAGS ?= -count=1 -timeout 30m
 export SIGIL_CACHE_DIR ?= /var/cache/sigil
 
-.PHONY: help setup generate build images test check lint verify-generated bench bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode demo clean
+.PHONY: help setup generate build images test check lint verify-generated bench bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-lab demo lab lab-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ verify-generated: generate ## fail if generated files differ from what is commit
 		git status --porcelain; git diff --stat; exit 1; fi
 	@echo "verify-generated: ok"
 
-bench: bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode ## run every benchmark
+bench: bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-lab ## run every benchmark
 
 bench-datapath: ## datapath: baseline vs Sigil vs iptables, per-packet cost
 	$(GO) run ./cmd/sigil-bench datapath --markdown docs/performance.md
@@ -63,8 +63,21 @@ bench-prefilter: ## prefilter: XDP vs tc vs iptables raw under a UDP flood, 10/1
 bench-multinode: ## cross-node traffic: physical vs plain VXLAN vs Sigil tunnel and native
 	$(GO) run ./cmd/sigil-bench multinode --markdown docs/performance.md
 
-demo: ## the datapath demo in network namespaces (the main job until the lab exists)
+bench-lab: ## a real cluster per routing mode: pod start to Ready (50 pods), policy apply to enforcement, cross-node traffic vs node to node
+	$(GO) build -o $(BIN)/sigil ./cmd/sigil
+	$(GO) run ./cmd/sigil-bench lab --sigil $(BIN)/sigil --markdown docs/performance.md
+
+demo: ## the datapath alone: one node and three pods in network namespaces, a policy, the matrix
 	$(GO) run ./cmd/sigil demo
+
+lab: ## the main job: a real 2-node cluster (containerd + kubelet per node) with Sigil installed by helm, then the demo
+	$(GO) build -o $(BIN)/sigil ./cmd/sigil
+	@if $(BIN)/sigil lab status >/dev/null 2>&1; then echo "lab: already up (sigil lab down to start over)"; else $(BIN)/sigil lab up; fi
+	$(BIN)/sigil lab demo
+
+lab-down: ## stop the lab and remove everything it made
+	$(GO) build -o $(BIN)/sigil ./cmd/sigil
+	$(BIN)/sigil lab down
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 log() { printf 'setup: %s\n' "$*"; }
 
-packages=(clang-16 llvm-16 libbpf-dev linux-libc-dev iproute2 iperf3 iputils-ping iptables nftables ethtool util-linux)
+# containerd and runc: the container runtime of `sigil lab`'s nodes (apt does
+# not start them; the lab runs one containerd per node with its own config).
+packages=(clang-16 llvm-16 libbpf-dev linux-libc-dev iproute2 iperf3 iputils-ping iptables nftables ethtool util-linux containerd runc)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -3,6 +3,7 @@
 //	sigil-bench datapath [--duration 5s] [--sizes 10,1000,10000] [--markdown docs/performance.md]
 //	sigil-bench prefilter [--duration 5s] [--sizes 10,1000,100000] [--markdown docs/performance.md]
 //	sigil-bench multinode [--duration 5s] [--markdown docs/performance.md]
+//	sigil-bench lab [--pods 50] [--modes tunnel,native] [--markdown docs/performance.md]
 //
 // datapath builds one node with two pods in network namespaces (addresses
 // from 198.18.0.0/15, traffic only between them) and compares, in one run,
@@ -17,6 +18,10 @@
 // multinode builds two node namespaces on an underlay with a pod each and
 // compares cross-node traffic node to node (physical), over a plain kernel
 // VXLAN, and pod to pod through Sigil in tunnel and native routing mode.
+//
+// lab brings up a real cluster per routing mode (sigil lab) and measures pod
+// start to Ready, policy apply to enforcement, and cross-node pod traffic
+// against the same traffic between the node namespaces.
 //
 // Everything they create is removed on exit, error or Ctrl-C.
 package main
@@ -48,6 +53,8 @@ func main() {
 		err = runPrefilter(os.Args[2:])
 	case "multinode":
 		err = runMultinode(os.Args[2:])
+	case "lab":
+		err = runLab(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -66,6 +73,7 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "usage: sigil-bench datapath [flags]    (sigil-bench datapath -h for the flags)")
 	fmt.Fprintln(os.Stderr, "       sigil-bench prefilter [flags]   (sigil-bench prefilter -h for the flags)")
 	fmt.Fprintln(os.Stderr, "       sigil-bench multinode [flags]   (sigil-bench multinode -h for the flags)")
+	fmt.Fprintln(os.Stderr, "       sigil-bench lab [flags]         (sigil-bench lab -h for the flags)")
 }
 
 func runDatapath(args []string) error {
