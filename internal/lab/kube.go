@@ -169,6 +169,7 @@ func (l *Lab) HelmValues() []string {
 		"ipam.operator.clusterPoolIPv4PodCIDRList={" + PodPool.String() + "}",
 		"ipam.operator.clusterPoolIPv4MaskSize=24",
 		"routingMode=" + c.Routing,
+		"serviceCIDRs={" + ServiceCIDR.String() + "}",
 		"agent.perNodeHostPaths=true",
 		"agent.pinDir=" + c.pinDir(),
 		"agent.stateDir=" + filepath.Join(c.Dir, "agent-state"),

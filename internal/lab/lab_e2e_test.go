@@ -31,6 +31,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -82,7 +83,8 @@ func TestLabE2E(t *testing.T) {
 	}
 
 	pods := fixturePods(t, l)
-	t.Run("cyclonus", func(t *testing.T) { testCyclonus(t, l, pods) })
+	t.Run("cyclonus", func(t *testing.T) { testCyclonus(t, l, pods, 8) })
+	t.Run("service", func(t *testing.T) { testService(t, l, pods) })
 	t.Run("agent-restart", func(t *testing.T) { testAgentRestart(t, l, pods) })
 	t.Run("helm-upgrade", func(t *testing.T) { testHelmUpgrade(t, l, pods) })
 	t.Run("sigil-node", func(t *testing.T) { testSigilNode(t, l) })
@@ -91,6 +93,21 @@ func TestLabE2E(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestLabNative is a lab with native routing (pods routed by the underlay,
+// no tunnel): the fixture without policy and through a few cyclonus cases.
+func TestLabNative(t *testing.T) {
+	cfg := requireLab(t)
+	cfg.Name, cfg.Routing = "sgl-native", RoutingNative
+	l, err := Up(context.Background(), cfg, newTestWriter(t))
+	if l != nil {
+		t.Cleanup(func() { downAndCheck(t, l) })
+	}
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	testCyclonus(t, l, fixturePods(t, l), 3)
 }
 
 // testWriter logs whole lines through t.
@@ -220,7 +237,7 @@ func cyclonusCases(n int) []*generator.TestCase {
 	return out
 }
 
-func testCyclonus(t *testing.T, l *Lab, pods []Pod) {
+func testCyclonus(t *testing.T, l *Lab, pods []Pod, cases int) {
 	ctx := context.Background()
 	c, err := l.Client()
 	if err != nil {
@@ -238,7 +255,7 @@ func testCyclonus(t *testing.T, l *Lab, pods []Pod) {
 	defer deleteAll()
 	// No policy: everything connects (same node and across, the world too).
 	checkMatrix(t, l, pods, targets, expectMatrix(pods, nil), "no policy")
-	for _, tc := range cyclonusCases(8) {
+	for _, tc := range cyclonusCases(cases) {
 		var policies []*networkingv1.NetworkPolicy
 		for _, a := range tc.Steps[0].Actions {
 			policies = append(policies, a.CreatePolicy.Policy.DeepCopy())
@@ -389,6 +406,48 @@ func testAgentRestart(t *testing.T, l *Lab, pods []Pod) {
 	}
 	echo("agent back")
 	wantRow("after the restart")
+}
+
+// testService creates a ClusterIP Service over pod b of every fixture
+// namespace: kube-controller-manager's EndpointSlice controller fills it,
+// the agents load-balance it in eBPF, and a pod on either node reaches the
+// backends through the ClusterIP over TCP and UDP; a policy that denies the
+// backends' ingress is judged on the backend, so it holds through the
+// ClusterIP too.
+func testService(t *testing.T, l *Lab, pods []Pod) {
+	ctx := context.Background()
+	c, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"pod": "b"}, Ports: []corev1.ServicePort{
+			{Name: "tcp", Port: 8080, TargetPort: intstr.FromString("serve-80-tcp"), Protocol: corev1.ProtocolTCP},
+			{Name: "udp", Port: 8081, TargetPort: intstr.FromInt32(81), Protocol: corev1.ProtocolUDP},
+		}}}
+	if err := c.Create(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Delete(ctx, svc)
+	vip := svc.Spec.ClusterIP
+	targets := []Target{{"tcp", vip + ":8080"}, {"udp", vip + ":8081"}}
+	clients := []Pod{findPod(t, pods, "x/a"), findPod(t, pods, "x/c"), findPod(t, pods, "y/a")}
+	if clients[0].Node == clients[2].Node {
+		t.Fatal("fixture: x/a and y/a on one node")
+	}
+	checkMatrix(t, l, clients, targets, [][]bool{{true, true}, {true, true}, {true, true}}, "ClusterIP "+vip)
+	// The backend's policy applies to traffic through the ClusterIP: only
+	// namespace x may reach x/b.
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b-from-x"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "b"}},
+			Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}}}},
+		}}
+	if err := c.Create(ctx, np); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Delete(ctx, np)
+	checkMatrix(t, l, clients, targets, [][]bool{{true, true}, {true, true}, {false, false}}, "ClusterIP "+vip+" with b-from-x")
 }
 
 func findPod(t *testing.T, pods []Pod, name string) Pod {
