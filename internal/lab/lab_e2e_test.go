@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,14 +155,6 @@ func fixturePods(t *testing.T, l *Lab) []Pod {
 	}
 	t.Logf("%d fixture pods ready in %s", len(pods), time.Since(start).Round(time.Millisecond))
 	return pods
-}
-
-// probeCase is one (source, destination, protocol, port) of the matrix.
-type probeCase struct {
-	src, dst   Pod
-	proto      string
-	port       int
-	matrixCell [2]int
 }
 
 // fixtureTargets are every pod on TCP and UDP 80 and 81, and the world.
@@ -538,9 +529,28 @@ func downAndCheck(t *testing.T, l *Lab) {
 	if _, err := os.Stat(s.path); err == nil {
 		t.Errorf("state file %s left", s.path)
 	}
-	// A lab's socket load-balancer is detached with its pins: no cgroup
-	// program of it may stay on the root cgroup.
-	if _, err := net.LookupPort("tcp", "80"); err != nil {
-		t.Log(err)
+	for _, ns := range listNetNS() {
+		if strings.HasPrefix(ns, "cni-") && !preexistingNetNS[ns] {
+			t.Errorf("pod network namespace %s left", ns)
+		}
 	}
+}
+
+// preexistingNetNS are the pod namespaces present before the suite (other
+// tests' or a running lab's), which downAndCheck must not count.
+var preexistingNetNS = map[string]bool{}
+
+func init() {
+	for _, ns := range listNetNS() {
+		preexistingNetNS[ns] = true
+	}
+}
+
+func listNetNS() []string {
+	ents, _ := os.ReadDir("/var/run/netns")
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
 }
