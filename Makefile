@@ -7,7 +7,7 @@ BPF_CFLAGS := -O2 -g -mcpu=v3 -Wall -Werror -Wextra -Wno-unused-parameter -I/usr
 TEST_FLAGS ?= -count=1 -timeout 30m
 export SIGIL_CACHE_DIR ?= /var/cache/sigil
 
-.PHONY: help setup generate build images test check lint verify-generated bench bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode demo clean
+.PHONY: help setup generate build images test check lint verify-generated bench bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-services demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ verify-generated: generate ## fail if generated files differ from what is commit
 		git status --porcelain; git diff --stat; exit 1; fi
 	@echo "verify-generated: ok"
 
-bench: bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode ## run every benchmark
+bench: bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-services ## run every benchmark
 
 bench-datapath: ## datapath: baseline vs Sigil vs iptables, per-packet cost
 	$(GO) run ./cmd/sigil-bench datapath --markdown docs/performance.md
@@ -62,6 +62,9 @@ bench-prefilter: ## prefilter: XDP vs tc vs iptables raw under a UDP flood, 10/1
 
 bench-multinode: ## cross-node traffic: physical vs plain VXLAN vs Sigil tunnel and native
 	$(GO) run ./cmd/sigil-bench multinode --markdown docs/performance.md
+
+bench-services: ## ClusterIP CRR and RR: Sigil's socket LB vs kube-proxy (iptables), 1/1,000/10,000 Services
+	$(GO) run ./cmd/sigil-bench services --markdown docs/performance.md
 
 demo: ## the datapath demo in network namespaces (the main job until the lab exists)
 	$(GO) run ./cmd/sigil demo

@@ -3,6 +3,7 @@
 //	sigil-bench datapath [--duration 5s] [--sizes 10,1000,10000] [--markdown docs/performance.md]
 //	sigil-bench prefilter [--duration 5s] [--sizes 10,1000,100000] [--markdown docs/performance.md]
 //	sigil-bench multinode [--duration 5s] [--markdown docs/performance.md]
+//	sigil-bench services [--duration 5s] [--sizes 1,1000,10000] [--markdown docs/performance.md]
 //
 // datapath builds one node with two pods in network namespaces (addresses
 // from 198.18.0.0/15, traffic only between them) and compares, in one run,
@@ -17,6 +18,11 @@
 // multinode builds two node namespaces on an underlay with a pod each and
 // compares cross-node traffic node to node (physical), over a plain kernel
 // VXLAN, and pod to pod through Sigil in tunnel and native routing mode.
+//
+// services compares, with 1, 1,000 and 10,000 Services defined in a real
+// API server, new connections per second and request/response to a
+// ClusterIP through Sigil's socket load-balancer and through the real
+// kube-proxy in iptables mode.
 //
 // Everything they create is removed on exit, error or Ctrl-C.
 package main
@@ -48,6 +54,8 @@ func main() {
 		err = runPrefilter(os.Args[2:])
 	case "multinode":
 		err = runMultinode(os.Args[2:])
+	case "services":
+		err = runServices(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -66,6 +74,7 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "usage: sigil-bench datapath [flags]    (sigil-bench datapath -h for the flags)")
 	fmt.Fprintln(os.Stderr, "       sigil-bench prefilter [flags]   (sigil-bench prefilter -h for the flags)")
 	fmt.Fprintln(os.Stderr, "       sigil-bench multinode [flags]   (sigil-bench multinode -h for the flags)")
+	fmt.Fprintln(os.Stderr, "       sigil-bench services [flags]    (sigil-bench services -h for the flags)")
 }
 
 func runDatapath(args []string) error {
