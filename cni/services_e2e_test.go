@@ -6,8 +6,11 @@ package cni_test
 // and Services with their EndpointSlices created in the API server. The
 // test writes the EndpointSlices itself, as the EndpointSlice controller
 // would: kube-controller-manager does not run in envtest. ClusterIPs come
-// from the API server's service range, set to 198.19.240.0/24 (198.18.0.0/15
-// only, and apart from the 10.0.0.0/24 other tests' load-balancers use).
+// from the API server's service range, set to 198.19.232.0/24: 198.18.0.0/15
+// only, and apart from the ranges other load-balancers on this machine may
+// translate (envtest's default 10.0.0.0/24 in other tests, the lab's
+// 198.19.240.0/20), since socket load-balancers attached to the cgroup root
+// translate every process's connect().
 //
 // Two ways of load-balancing, the same cases:
 //   - sigil-lb: the agents with --kube-proxy-replacement=true (the socket
@@ -56,7 +59,7 @@ import (
 const svcDatapathLanded = false
 
 // svcServiceCIDR is the API server's --service-cluster-ip-range here.
-const svcServiceCIDR = "198.19.240.0/24"
+const svcServiceCIDR = "198.19.232.0/24"
 
 // needsSvcDatapath skips the rest of a kube-proxy-mode case that needs
 // branch svc-datapath, unless that work is declared landed.
