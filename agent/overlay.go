@@ -29,7 +29,13 @@ type OverlayConfig struct {
 	ClusterPoolCIDRs []netip.Prefix
 	// Masquerade: pod traffic leaving the cluster takes the node's address.
 	Masquerade bool
-	Logger     *slog.Logger
+	// DeferServices: the datapath defers pods' service traffic to the host
+	// stack's DNAT (datapath.ConfigServiceDefer, kube-proxy). Sync then
+	// attaches to_netdev to the devices traffic to other nodes leaves
+	// through (and the default route's), where that traffic's egress is
+	// judged when its backend is not on this node.
+	DeferServices bool
+	Logger        *slog.Logger
 }
 
 func (c *OverlayConfig) defaults() {
@@ -86,7 +92,8 @@ type Overlay struct {
 	ifIndex int
 
 	mu          sync.Mutex
-	masqRemoved bool // masquerading off and the chain removed
+	masqRemoved bool           // masquerading off and the chain removed
+	netdevs     map[string]int // devices with to_netdev attached (DeferServices, native)
 }
 
 // NewOverlay sets up the node's routing mode on a loaded datapath: in tunnel
@@ -215,6 +222,11 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	if err := o.syncRoutes(st.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
+	if o.cfg.DeferServices {
+		if err := o.attachNetdevs(self, nodes); err != nil {
+			errs = append(errs, fmt.Errorf("native devices: %w", err))
+		}
+	}
 	if st.Masquerade != nil {
 		// Without an own pod CIDR there is nothing to masquerade yet.
 		if len(st.Masquerade.PodCIDRs) > 0 {
@@ -234,6 +246,45 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	}
 	o.cfg.Logger.Debug("overlay synced", "nodes", len(nodes), "tunnelEntries", len(st.Tunnel), "routes", len(st.Routes))
 	return nil
+}
+
+// attachNetdevs attaches to_netdev to the devices traffic leaves through
+// towards the other nodes (their addresses, Sigil's routes, the default
+// route; not the tunnel device), once per device (and again when its
+// ifindex changed): a pod's service traffic kube-proxy sends there (a
+// backend pod in native mode, a host-network backend on another node in
+// either mode) has its deferred egress judged on the way out.
+func (o *Overlay) attachNetdevs(self string, nodes []OverlayNode) error {
+	var dsts []netip.Addr
+	for _, n := range nodes {
+		if n.Name != self && n.InternalIP.IsValid() && n.InternalIP.Is4() {
+			dsts = append(dsts, n.InternalIP)
+		}
+	}
+	skip := ""
+	if o.cfg.Mode == datapath.RoutingTunnel {
+		skip = o.cfg.Device
+	}
+	devs, err := o.dp.RouteDevices(dsts, skip)
+	if err != nil {
+		return err
+	}
+	if o.netdevs == nil {
+		o.netdevs = map[string]int{}
+	}
+	var errs []error
+	for name, idx := range devs {
+		if o.netdevs[name] == idx {
+			continue
+		}
+		if err := o.dp.AttachNativeDevice(name, idx); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		o.netdevs[name] = idx
+		o.cfg.Logger.Info("deferred service egress judged on native device", "device", name)
+	}
+	return errors.Join(errs...)
 }
 
 // syncRoutes is SyncRoutes that does not let one route the kernel refuses
@@ -259,13 +310,19 @@ func (o *Overlay) syncRoutes(routes []datapath.PodRoute) error {
 }
 
 // CleanupOverlay removes what the overlay installed on the node: Sigil's
-// routes, the masquerade chain, the tunnel map entries and the tunnel device
+// routes, the masquerade chain, the tunnel map entries, to_netdev on native
+// devices and the tunnel device
 // (for uninstall; `sigil-agent --cleanup`).
 func CleanupOverlay(dp *datapath.Datapath, device string) error {
 	if device == "" {
 		device = datapath.DefaultTunnelDevice
 	}
 	errs := []error{dp.SyncRoutes(nil), dp.RemoveMasquerade(), dp.Tunnel.Sync(nil)}
+	devs, err := dp.NativeDevices()
+	errs = append(errs, err, dp.DetachLocalIngress())
+	for _, dev := range devs {
+		errs = append(errs, dp.DetachNativeDevice(dev))
+	}
 	if rc, err := dp.Config.Get(); err == nil {
 		rc.Flags &^= datapath.ConfigTunnel
 		rc.TunnelIfIndex = 0

@@ -13,43 +13,6 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
-#define NSEC_PER_SEC_LB 1000000000ULL
-
-static __always_inline const struct lb4_backend *
-lb4_pick(struct bpf_sock_addr *ctx, const struct lb4_service *svc, struct lb4_key *key, __u32 *backend_id)
-{
-	const struct lb4_backend *be;
-	const struct lb4_service *slot;
-	struct lb_affinity_key ak = {};
-	struct lb_affinity_value *av = NULL;
-	__u64 now = bpf_ktime_get_coarse_ns();
-
-	if (svc->flags & LB_F_AFFINITY) {
-		ak.client = bpf_get_netns_cookie(ctx);
-		ak.rev_nat_index = svc->rev_nat_index;
-		av = bpf_map_lookup_elem(&sigil_lb_aff, &ak);
-		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * NSEC_PER_SEC_LB) {
-			be = bpf_map_lookup_elem(&sigil_lb4_be, &av->backend_id);
-			if (be) {
-				/* Only while the backend still serves this service. */
-				*backend_id = av->backend_id;
-				av->last_used = now;
-				return be;
-			}
-		}
-	}
-	key->slot = (bpf_get_prandom_u32() % svc->count) + 1;
-	slot = bpf_map_lookup_elem(&sigil_lb4_svc, key);
-	if (!slot)
-		return NULL;
-	*backend_id = slot->backend_id;
-	be = bpf_map_lookup_elem(&sigil_lb4_be, backend_id);
-	if (be && (svc->flags & LB_F_AFFINITY)) {
-		struct lb_affinity_value nv = { .last_used = now, .backend_id = *backend_id };
-		bpf_map_update_elem(&sigil_lb_aff, &ak, &nv, BPF_ANY);
-	}
-	return be;
-}
 
 /* lb4_translate rewrites the socket address of a service to a backend.
  * Returns SYS_PROCEED or SYS_REJECT. */
@@ -69,7 +32,7 @@ static __always_inline int lb4_translate(struct bpf_sock_addr *ctx, __u8 proto)
 		return SYS_PROCEED; /* not a service */
 	if (!svc->count)
 		return SYS_REJECT;  /* no ready backends: fail fast */
-	be = lb4_pick(ctx, svc, &key, &backend_id);
+	be = lb4_select(svc, &key, bpf_get_netns_cookie(ctx), &backend_id);
 	if (!be)
 		return SYS_REJECT;
 

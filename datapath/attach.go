@@ -78,6 +78,67 @@ var endpointHooks = []hook{
 	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(d *Datapath) *ebpf.Program { return d.toContainer }},
 }
 
+// nativeDeviceHooks: the egress of a native-routing device, where packets a
+// local pod sent to a service and the host stack translated (kube-proxy,
+// ConfigServiceDefer) to a backend on another node have their egress judged.
+var nativeDeviceHooks = []hook{
+	{"netdev", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(d *Datapath) *ebpf.Program { return d.toNetdev }},
+}
+
+// AttachNativeDevice attaches to_netdev to the egress of a node device that
+// natively routes pod traffic to other nodes. It is needed only with
+// ConfigServiceDefer in native routing mode; packets Sigil did not defer
+// pass it at once. Idempotent, like AttachEndpoint.
+func (d *Datapath) AttachNativeDevice(ifName string, ifIndex int) error {
+	return d.attachHooks(ifName, ifIndex, nativeDeviceHooks)
+}
+
+// DetachNativeDevice removes to_netdev from ifName; idempotent.
+func (d *Datapath) DetachNativeDevice(ifName string) error {
+	return d.detachHooks(ifName, nativeDeviceHooks)
+}
+
+func (d *Datapath) localIngressPin() string {
+	return filepath.Join(d.cfg.PinDir, "links", "cgroup-local_ingress")
+}
+
+// AttachLocalIngress attaches local_ingress to the cgroup v2 directory
+// cgroup (its root: every socket of the node), where packets a pod sent to
+// a service and the host stack translated to an address of the node itself
+// (ConfigServiceDefer) have the pod's egress judged: they are delivered
+// locally and pass no tc hook. Other packets pass it at once. Idempotent.
+func (d *Datapath) AttachLocalIngress(cgroup string) error {
+	pin := d.localIngressPin()
+	updated, err := updatePinnedLink(pin, d.localIngress, nil)
+	if err != nil || updated {
+		return err
+	}
+	return pinNewLink(pin, func() (link.Link, error) {
+		return link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: ebpf.AttachCGroupInetIngress, Program: d.localIngress})
+	})
+}
+
+// DetachLocalIngress removes local_ingress from its cgroup; idempotent.
+func (d *Datapath) DetachLocalIngress() error { return detachPinnedLink(d.localIngressPin()) }
+
+// NativeDevices lists the interfaces with to_netdev attached (their pins).
+func (d *Datapath) NativeDevices() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(d.cfg.PinDir, "links"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if base, ok := cutSuffix(e.Name(), "-"+nativeDeviceHooks[0].suffix); ok {
+			out = append(out, base)
+		}
+	}
+	return out, nil
+}
+
 func (d *Datapath) linkPin(ifName, suffix string) string {
 	return filepath.Join(d.cfg.PinDir, "links", ifName+"-"+suffix)
 }

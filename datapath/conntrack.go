@@ -22,6 +22,14 @@ const (
 const (
 	CTSeenReply uint8 = 1 << 0
 	CTClosing   uint8 = 1 << 1
+	// CTViaStack: the host stack translated the flow (kube-proxy, with
+	// ConfigServiceDefer); its replies are handed to the stack for the
+	// reverse NAT instead of being redirected into the client.
+	CTViaStack uint8 = 1 << 2
+	// CTService: the tuple of a service flow as the client sent it
+	// (ConfigLBTC); Backend is where the flow is translated to. It carries
+	// no policy verdict.
+	CTService uint8 = 1 << 3
 )
 
 // CTTuple is a tracked flow as first seen, and the direction (relative to
@@ -48,6 +56,11 @@ type CTEntry struct {
 	DstIdentity Identity
 	TCPFlags    uint8
 	Flags       uint8
+	// RevNATIndex names the service frontend a translated flow came from
+	// (0: none); its replies get the frontend as their source.
+	RevNATIndex uint16
+	// Backend is the backend of a CTService entry.
+	Backend netip.AddrPort
 }
 
 // Conntrack is the IPv4 connection tracking map.
@@ -78,9 +91,13 @@ func (c *Conntrack) List() ([]CTEntry, error) {
 	var v ctValue
 	it := c.m.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, CTEntry{Tuple: k.tuple(), Expires: time.Duration(int64(v.Expires) - int64(now)),
+		e := CTEntry{Tuple: k.tuple(), Expires: time.Duration(int64(v.Expires) - int64(now)),
 			Packets: v.Packets, Bytes: v.Bytes, Cookie: v.Cookie, SrcIdentity: Identity(v.SrcIdentity),
-			DstIdentity: Identity(v.DstIdentity), TCPFlags: v.TCPFlags, Flags: v.Flags})
+			DstIdentity: Identity(v.DstIdentity), TCPFlags: v.TCPFlags, Flags: v.Flags, RevNATIndex: v.RevNATIndex}
+		if v.Flags&CTService != 0 {
+			e.Backend = netip.AddrPortFrom(netip.AddrFrom4(v.NATAddr), fromBE16(v.NATPort))
+		}
+		out = append(out, e)
 	}
 	return out, it.Err()
 }
@@ -114,9 +131,13 @@ func (c *Conntrack) Flush(match func(CTEntry) bool) (int, error) {
 	return n, nil
 }
 
-// FlushAddr deletes every flow from or to ip.
+// FlushAddr deletes every flow from or to ip, so that policy judges them
+// again. Service translations (CTService) stay: they hold no verdict, and
+// deleting one would move a live connection to another backend.
 func (c *Conntrack) FlushAddr(ip netip.Addr) (int, error) {
-	return c.Flush(func(e CTEntry) bool { return e.Tuple.Src == ip || e.Tuple.Dst == ip })
+	return c.Flush(func(e CTEntry) bool {
+		return e.Flags&CTService == 0 && (e.Tuple.Src == ip || e.Tuple.Dst == ip)
+	})
 }
 
 // GC deletes expired entries and returns how many.

@@ -73,6 +73,9 @@ type ctValue struct {
 	DstIdentity uint32
 	TCPFlags    uint8
 	Flags       uint8
+	RevNATIndex uint16
+	NATAddr     [4]byte
+	NATPort     [2]byte
 	Pad         uint16
 }
 
@@ -86,7 +89,12 @@ type runtimeConfigValue struct {
 	Flags           uint32
 	EventRateLimit  uint32
 	TunnelIfIndex   uint32
+	SvcNet4         [serviceCIDRsMax][4]byte
+	SvcMask4        [serviceCIDRsMax][4]byte
 }
+
+// serviceCIDRsMax is SIGIL_SVC_CIDRS in bpf/lib/common.h.
+const serviceCIDRsMax = 4
 
 type flowEventRaw struct {
 	Timestamp   uint64

@@ -92,6 +92,7 @@ func TestConstantsMatchBTF(t *testing.T) {
 		"DROP_MALFORMED": DropMalformed, "DROP_UNSUPPORTED_L3": DropUnsupportedL3,
 		"DROP_FRAG_UNKNOWN": DropFragUnknown, "DROP_INVALID_SOURCE": DropInvalidSource,
 		"DROP_UNKNOWN_ENDPOINT": DropUnknownEndpoint, "DROP_PREFILTER": DropPrefilter,
+		"DROP_NO_SERVICE_BACKEND": DropNoServiceBackend, "DROP_NAT_FAILED": DropNATFailed,
 		"REASON_MAX": reasonMax,
 	} {
 		if v, ok := reasons[name]; !ok || v != uint64(r) {

@@ -45,6 +45,8 @@ type Datapath struct {
 	toContainer   *ebpf.Program
 	fromOverlay   *ebpf.Program
 	toOverlay     *ebpf.Program
+	toNetdev      *ebpf.Program
+	localIngress  *ebpf.Program
 	mode          AttachMode
 }
 
@@ -97,7 +99,8 @@ func Load(cfg Config) (*Datapath, error) {
 
 	d := &Datapath{Maps: maps, cfg: cfg, log: log, coll: coll,
 		fromContainer: coll.Programs["from_container"], toContainer: coll.Programs["to_container"],
-		fromOverlay: coll.Programs["from_overlay"], toOverlay: coll.Programs["to_overlay"]}
+		fromOverlay: coll.Programs["from_overlay"], toOverlay: coll.Programs["to_overlay"],
+		toNetdev: coll.Programs["to_netdev"], localIngress: coll.Programs["local_ingress"]}
 	if d.mode, err = resolveAttachMode(cfg.AttachMode); err != nil {
 		coll.Close()
 		return nil, err
@@ -210,16 +213,21 @@ func migrateEntries(name string, from, to *ebpf.Map, log *slog.Logger) {
 		log.Info("pinned map replaced empty; the agent repopulates it", "map", name)
 		return
 	}
-	if from.Type() != to.Type() || from.KeySize() != to.KeySize() || from.ValueSize() != to.ValueSize() {
+	// A value that grew at its end (new fields, zero for old entries) is
+	// carried over too: conntrack entries and the runtime configuration
+	// gained fields that way.
+	if from.Type() != to.Type() || from.KeySize() != to.KeySize() || from.ValueSize() > to.ValueSize() {
 		log.Warn("pinned map layout changed; entries not carried over, the agent repopulates them", "map", name)
 		return
 	}
 	k := make([]byte, from.KeySize())
 	v := make([]byte, from.ValueSize())
+	nv := make([]byte, to.ValueSize())
 	n, failed := 0, 0
 	it := from.Iterate()
 	for it.Next(&k, &v) {
-		if err := to.Put(k, v); err != nil {
+		copy(nv, v)
+		if err := to.Put(k, nv); err != nil {
 			failed++
 			continue
 		}
@@ -238,6 +246,15 @@ func (d *Datapath) SetRuntimeConfig(rc RuntimeConfig) error { return d.Config.Se
 func (d *Datapath) Programs() (fromContainer, toContainer *ebpf.Program) {
 	return d.fromContainer, d.toContainer
 }
+
+// OverlayPrograms returns the tunnel device's and the native device's
+// programs, for tests.
+func (d *Datapath) OverlayPrograms() (fromOverlay, toOverlay, toNetdev *ebpf.Program) {
+	return d.fromOverlay, d.toOverlay, d.toNetdev
+}
+
+// LocalIngressProgram returns the cgroup ingress program, for tests.
+func (d *Datapath) LocalIngressProgram() *ebpf.Program { return d.localIngress }
 
 // Close releases this process's handles. Pinned maps and links, and so the
 // datapath itself, stay in place.

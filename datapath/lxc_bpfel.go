@@ -34,6 +34,9 @@ type lxcCtEntry struct {
 	DstIdentity uint32
 	TcpFlags    uint8
 	Flags       uint8
+	RevNatIndex uint16
+	NatAddr     uint32
+	NatPort     uint16
 	Pad         uint16
 }
 
@@ -138,6 +141,62 @@ type lxcIpcacheKey struct {
 	}
 }
 
+type lxcLb4Backend struct {
+	_       structs.HostLayout
+	Address uint32
+	Port    uint16
+	Proto   uint8
+	Pad     uint8
+}
+
+type lxcLb4Key struct {
+	_       structs.HostLayout
+	Address uint32
+	Dport   uint16
+	Slot    uint16
+	Proto   uint8
+	Pad     [3]uint8
+}
+
+type lxcLb4ReverseNat struct {
+	_       structs.HostLayout
+	Address uint32
+	Port    uint16
+	Pad     uint16
+}
+
+type lxcLb4Service struct {
+	_               structs.HostLayout
+	BackendId       uint32
+	Count           uint16
+	RevNatIndex     uint16
+	AffinityTimeout uint32
+	Flags           uint8
+	Pad             [3]uint8
+}
+
+type lxcLb4SockKey struct {
+	_       structs.HostLayout
+	Cookie  uint64
+	Address uint32
+	Port    uint16
+	Pad     uint16
+}
+
+type lxcLbAffinityKey struct {
+	_           structs.HostLayout
+	Client      uint64
+	RevNatIndex uint16
+	Pad         [3]uint16
+}
+
+type lxcLbAffinityValue struct {
+	_         structs.HostLayout
+	LastUsed  uint64
+	BackendId uint32
+	Pad       uint32
+}
+
 type lxcMetricsValue struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -167,22 +226,26 @@ type lxcRuntimeConfig struct {
 	Flags           uint32
 	EventRateLimit  uint32
 	TunnelIfindex   uint32
+	SvcNet4         [4]uint32
+	SvcMask4        [4]uint32
 }
 
 type lxcSigilReason uint32
 
 const (
-	lxcSigilReasonREASON_FORWARDED      lxcSigilReason = 0
-	lxcSigilReasonDROP_POLICY_DENY      lxcSigilReason = 1
-	lxcSigilReasonDROP_POLICY_DEFAULT   lxcSigilReason = 2
-	lxcSigilReasonDROP_NO_POLICY_MAP    lxcSigilReason = 3
-	lxcSigilReasonDROP_MALFORMED        lxcSigilReason = 4
-	lxcSigilReasonDROP_UNSUPPORTED_L3   lxcSigilReason = 5
-	lxcSigilReasonDROP_FRAG_UNKNOWN     lxcSigilReason = 6
-	lxcSigilReasonDROP_INVALID_SOURCE   lxcSigilReason = 7
-	lxcSigilReasonDROP_UNKNOWN_ENDPOINT lxcSigilReason = 8
-	lxcSigilReasonDROP_PREFILTER        lxcSigilReason = 9
-	lxcSigilReasonREASON_MAX            lxcSigilReason = 10
+	lxcSigilReasonREASON_FORWARDED        lxcSigilReason = 0
+	lxcSigilReasonDROP_POLICY_DENY        lxcSigilReason = 1
+	lxcSigilReasonDROP_POLICY_DEFAULT     lxcSigilReason = 2
+	lxcSigilReasonDROP_NO_POLICY_MAP      lxcSigilReason = 3
+	lxcSigilReasonDROP_MALFORMED          lxcSigilReason = 4
+	lxcSigilReasonDROP_UNSUPPORTED_L3     lxcSigilReason = 5
+	lxcSigilReasonDROP_FRAG_UNKNOWN       lxcSigilReason = 6
+	lxcSigilReasonDROP_INVALID_SOURCE     lxcSigilReason = 7
+	lxcSigilReasonDROP_UNKNOWN_ENDPOINT   lxcSigilReason = 8
+	lxcSigilReasonDROP_PREFILTER          lxcSigilReason = 9
+	lxcSigilReasonDROP_NO_SERVICE_BACKEND lxcSigilReason = 10
+	lxcSigilReasonDROP_NAT_FAILED         lxcSigilReason = 11
+	lxcSigilReasonREASON_MAX              lxcSigilReason = 12
 )
 
 type lxcSigilReservedIdentity uint32
@@ -221,12 +284,19 @@ const (
 	lxcMapSigilEvstats                = "sigil_evstats"
 	lxcMapSigilFrag4                  = "sigil_frag4"
 	lxcMapSigilIpcache                = "sigil_ipcache"
+	lxcMapSigilLb4Be                  = "sigil_lb4_be"
+	lxcMapSigilLb4Rnat                = "sigil_lb4_rnat"
+	lxcMapSigilLb4Sknat               = "sigil_lb4_sknat"
+	lxcMapSigilLb4Svc                 = "sigil_lb4_svc"
+	lxcMapSigilLbAff                  = "sigil_lb_aff"
 	lxcMapSigilMetrics                = "sigil_metrics"
 	lxcMapSigilPolicy                 = "sigil_policy"
 	lxcMapSigilTunnel                 = "sigil_tunnel"
 	lxcProgFromContainer              = "from_container"
 	lxcProgFromOverlay                = "from_overlay"
+	lxcProgLocalIngress               = "local_ingress"
 	lxcProgToContainer                = "to_container"
+	lxcProgToNetdev                   = "to_netdev"
 	lxcProgToOverlay                  = "to_overlay"
 	lxcVarSigilUnusedCt4Key           = "__sigil_unused_ct4_key"
 	lxcVarSigilUnusedFlowEvent        = "__sigil_unused_flow_event"
@@ -280,7 +350,9 @@ type lxcSpecs struct {
 type lxcProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
 	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
+	LocalIngress  *ebpf.ProgramSpec `ebpf:"local_ingress"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
+	ToNetdev      *ebpf.ProgramSpec `ebpf:"to_netdev"`
 	ToOverlay     *ebpf.ProgramSpec `ebpf:"to_overlay"`
 }
 
@@ -296,6 +368,11 @@ type lxcMapSpecs struct {
 	SigilEvstats   *ebpf.MapSpec `ebpf:"sigil_evstats"`
 	SigilFrag4     *ebpf.MapSpec `ebpf:"sigil_frag4"`
 	SigilIpcache   *ebpf.MapSpec `ebpf:"sigil_ipcache"`
+	SigilLb4Be     *ebpf.MapSpec `ebpf:"sigil_lb4_be"`
+	SigilLb4Rnat   *ebpf.MapSpec `ebpf:"sigil_lb4_rnat"`
+	SigilLb4Sknat  *ebpf.MapSpec `ebpf:"sigil_lb4_sknat"`
+	SigilLb4Svc    *ebpf.MapSpec `ebpf:"sigil_lb4_svc"`
+	SigilLbAff     *ebpf.MapSpec `ebpf:"sigil_lb_aff"`
 	SigilMetrics   *ebpf.MapSpec `ebpf:"sigil_metrics"`
 	SigilPolicy    *ebpf.MapSpec `ebpf:"sigil_policy"`
 	SigilTunnel    *ebpf.MapSpec `ebpf:"sigil_tunnel"`
@@ -341,6 +418,11 @@ type lxcMaps struct {
 	SigilEvstats   *ebpf.Map `ebpf:"sigil_evstats"`
 	SigilFrag4     *ebpf.Map `ebpf:"sigil_frag4"`
 	SigilIpcache   *ebpf.Map `ebpf:"sigil_ipcache"`
+	SigilLb4Be     *ebpf.Map `ebpf:"sigil_lb4_be"`
+	SigilLb4Rnat   *ebpf.Map `ebpf:"sigil_lb4_rnat"`
+	SigilLb4Sknat  *ebpf.Map `ebpf:"sigil_lb4_sknat"`
+	SigilLb4Svc    *ebpf.Map `ebpf:"sigil_lb4_svc"`
+	SigilLbAff     *ebpf.Map `ebpf:"sigil_lb_aff"`
 	SigilMetrics   *ebpf.Map `ebpf:"sigil_metrics"`
 	SigilPolicy    *ebpf.Map `ebpf:"sigil_policy"`
 	SigilTunnel    *ebpf.Map `ebpf:"sigil_tunnel"`
@@ -356,6 +438,11 @@ func (m *lxcMaps) Close() error {
 		m.SigilEvstats,
 		m.SigilFrag4,
 		m.SigilIpcache,
+		m.SigilLb4Be,
+		m.SigilLb4Rnat,
+		m.SigilLb4Sknat,
+		m.SigilLb4Svc,
+		m.SigilLbAff,
 		m.SigilMetrics,
 		m.SigilPolicy,
 		m.SigilTunnel,
@@ -380,7 +467,9 @@ type lxcVariables struct {
 type lxcPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
 	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
+	LocalIngress  *ebpf.Program `ebpf:"local_ingress"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
+	ToNetdev      *ebpf.Program `ebpf:"to_netdev"`
 	ToOverlay     *ebpf.Program `ebpf:"to_overlay"`
 }
 
@@ -388,7 +477,9 @@ func (p *lxcPrograms) Close() error {
 	return _LxcClose(
 		p.FromContainer,
 		p.FromOverlay,
+		p.LocalIngress,
 		p.ToContainer,
+		p.ToNetdev,
 		p.ToOverlay,
 	)
 }

@@ -296,6 +296,17 @@ type ConfigMap struct{ m *ebpf.Map }
 func (c *ConfigMap) Set(rc RuntimeConfig) error {
 	v := runtimeConfigValue{EnforcementMode: uint32(rc.Enforcement), Flags: rc.Flags, EventRateLimit: rc.EventRateLimit,
 		TunnelIfIndex: rc.TunnelIfIndex}
+	if len(rc.ServiceCIDRs) > serviceCIDRsMax {
+		return fmt.Errorf("config map: %d service CIDRs, at most %d", len(rc.ServiceCIDRs), serviceCIDRsMax)
+	}
+	for i, p := range rc.ServiceCIDRs {
+		if !p.IsValid() || !p.Addr().Is4() || p.Bits() == 0 {
+			return fmt.Errorf("config map: service CIDR %s: want an IPv4 prefix longer than /0", p)
+		}
+		v.SvcNet4[i] = p.Masked().Addr().As4()
+		mask := net.CIDRMask(p.Bits(), 32)
+		copy(v.SvcMask4[i][:], mask)
+	}
 	if err := c.m.Put(uint32(0), v); err != nil {
 		return fmt.Errorf("config map: %w", err)
 	}
@@ -308,8 +319,16 @@ func (c *ConfigMap) Get() (RuntimeConfig, error) {
 	if err := c.m.Lookup(uint32(0), &v); err != nil {
 		return RuntimeConfig{}, fmt.Errorf("config map: %w", err)
 	}
-	return RuntimeConfig{Enforcement: EnforcementMode(v.EnforcementMode), Flags: v.Flags, EventRateLimit: v.EventRateLimit,
-		TunnelIfIndex: v.TunnelIfIndex}, nil
+	rc := RuntimeConfig{Enforcement: EnforcementMode(v.EnforcementMode), Flags: v.Flags, EventRateLimit: v.EventRateLimit,
+		TunnelIfIndex: v.TunnelIfIndex}
+	for i := range v.SvcMask4 {
+		if v.SvcMask4[i] == [4]byte{} {
+			continue
+		}
+		bits, _ := net.IPMask(v.SvcMask4[i][:]).Size()
+		rc.ServiceCIDRs = append(rc.ServiceCIDRs, netip.PrefixFrom(netip.AddrFrom4(v.SvcNet4[i]), bits))
+	}
+	return rc, nil
 }
 
 // --- tunnel ------------------------------------------------------------------

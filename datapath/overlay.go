@@ -3,12 +3,14 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // RoutingMode is how pods on different nodes reach each other.
@@ -157,6 +159,68 @@ func (d *Datapath) SyncRoutes(routes []PodRoute) error {
 		}
 		return errors.Join(errs...)
 	})
+}
+
+// RouteDevices returns the interfaces (name -> ifindex) that traffic leaves
+// the node through towards other nodes: the devices of Sigil's routes (in
+// native routing mode, those carrying pod traffic to other nodes), the
+// devices routing each of dsts (the other nodes' addresses), and the default
+// route's. They are where AttachNativeDevice is needed with
+// ConfigServiceDefer. The device named skip (the tunnel device) is left out.
+func (d *Datapath) RouteDevices(dsts []netip.Addr, skip string) (map[string]int, error) {
+	out := map[string]int{}
+	err := d.inNetNS(func() error {
+		add := func(idx int) error {
+			if idx == 0 {
+				return nil
+			}
+			l, err := netlink.LinkByIndex(idx)
+			if err != nil {
+				return err
+			}
+			if name := l.Attrs().Name; name != skip && name != "lo" {
+				out[name] = idx
+			}
+			return nil
+		}
+		for _, dst := range dsts {
+			rs, err := netlink.RouteGet(dst.AsSlice())
+			if err != nil {
+				continue // unreachable from here: no device to judge on
+			}
+			for _, r := range rs {
+				if err := add(r.LinkIndex); err != nil {
+					return err
+				}
+			}
+		}
+		if defs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_TABLE); err == nil {
+			for _, r := range defs {
+				if r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask) {
+					if err := add(r.LinkIndex); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if err := add(r.LinkIndex); err != nil {
+				return fmt.Errorf("route %s: %w", r.Dst, err)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
 }
 
 // Masquerade: pod traffic leaving the cluster takes the node's address, done

@@ -9,30 +9,34 @@ type Reason uint8
 
 // Verdict reasons.
 const (
-	ReasonForwarded     Reason = 0
-	DropPolicyDeny      Reason = 1
-	DropPolicyDefault   Reason = 2
-	DropNoPolicyMap     Reason = 3
-	DropMalformed       Reason = 4
-	DropUnsupportedL3   Reason = 5
-	DropFragUnknown     Reason = 6
-	DropInvalidSource   Reason = 7
-	DropUnknownEndpoint Reason = 8
-	DropPrefilter       Reason = 9
-	reasonMax           Reason = 10
+	ReasonForwarded      Reason = 0
+	DropPolicyDeny       Reason = 1
+	DropPolicyDefault    Reason = 2
+	DropNoPolicyMap      Reason = 3
+	DropMalformed        Reason = 4
+	DropUnsupportedL3    Reason = 5
+	DropFragUnknown      Reason = 6
+	DropInvalidSource    Reason = 7
+	DropUnknownEndpoint  Reason = 8
+	DropPrefilter        Reason = 9
+	DropNoServiceBackend Reason = 10
+	DropNATFailed        Reason = 11
+	reasonMax            Reason = 12
 )
 
 var reasonNames = [...]string{
-	ReasonForwarded:     "forwarded",
-	DropPolicyDeny:      "policy denied",
-	DropPolicyDefault:   "policy default deny",
-	DropNoPolicyMap:     "no policy installed",
-	DropMalformed:       "malformed packet",
-	DropUnsupportedL3:   "unsupported L3 protocol",
-	DropFragUnknown:     "fragment without its first fragment",
-	DropInvalidSource:   "invalid source address",
-	DropUnknownEndpoint: "unknown destination endpoint",
-	DropPrefilter:       "denied by prefilter",
+	ReasonForwarded:      "forwarded",
+	DropPolicyDeny:       "policy denied",
+	DropPolicyDefault:    "policy default deny",
+	DropNoPolicyMap:      "no policy installed",
+	DropMalformed:        "malformed packet",
+	DropUnsupportedL3:    "unsupported L3 protocol",
+	DropFragUnknown:      "fragment without its first fragment",
+	DropInvalidSource:    "invalid source address",
+	DropUnknownEndpoint:  "unknown destination endpoint",
+	DropPrefilter:        "denied by prefilter",
+	DropNoServiceBackend: "no service backend",
+	DropNATFailed:        "service translation failed",
 }
 
 func (r Reason) String() string {

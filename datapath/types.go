@@ -96,7 +96,31 @@ const (
 	// ConfigTunnel selects routing mode tunnel: pods on other nodes are
 	// reached through the VXLAN device, with the source identity as VNI.
 	ConfigTunnel uint32 = 1 << 2
+	// ConfigServiceDefer says the host stack (kube-proxy) translates
+	// services: from_container does not judge a pod's packets to
+	// RuntimeConfig.ServiceCIDRs but marks them (MarkDeferred) and leaves
+	// them to the stack's DNAT; the hook they reach after it (to_container,
+	// to_overlay or to_netdev) judges the pod's egress on the backend.
+	ConfigServiceDefer uint32 = 1 << 3
+	// ConfigLBTC says Sigil load-balances services: from_container
+	// translates packets for a service frontend that the socket programs
+	// did not (DNAT to a backend, tracked; replies reverse-NATed).
+	ConfigLBTC uint32 = 1 << 4
 )
+
+// skb->mark bits Sigil sets on packets it defers to the host stack's DNAT
+// (ConfigServiceDefer), as in bpf/lib/common.h: MarkDeferred on every such
+// packet, MarkDeferredEnforced too when the pod's egress is enforced. They
+// are clear of kube-proxy's 0x4000 and 0x8000 and of Cilium's 0x0f00, and
+// are cleared once the packet is judged.
+const (
+	MarkDeferred         uint32 = 0x00200000
+	MarkDeferredEnforced uint32 = 0x00400000
+	MarkDeferredMask            = MarkDeferred | MarkDeferredEnforced
+)
+
+// MaxServiceCIDRs is how many service CIDRs RuntimeConfig can carry.
+const MaxServiceCIDRs = serviceCIDRsMax
 
 // RuntimeConfig is the datapath's runtime configuration.
 type RuntimeConfig struct {
@@ -105,6 +129,9 @@ type RuntimeConfig struct {
 	EventRateLimit uint32 // allowed-flow events per second per CPU; 0 = unlimited
 	// TunnelIfIndex is the node's VXLAN device (with ConfigTunnel).
 	TunnelIfIndex uint32
+	// ServiceCIDRs are the IPv4 service (ClusterIP) ranges whose traffic
+	// is deferred with ConfigServiceDefer; at most MaxServiceCIDRs.
+	ServiceCIDRs []netip.Prefix
 }
 
 // Address families as in the kernel.

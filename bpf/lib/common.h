@@ -89,6 +89,25 @@ enum sigil_enforcement {
 #define CFG_ALLOW_HOST_INGRESS (1U << 0) /* the node (identity host) may always reach its pods */
 #define CFG_TRACE_NEW_FLOWS    (1U << 1) /* emit a policy-verdict event for each allowed new flow */
 #define CFG_TUNNEL             (1U << 2) /* routing mode tunnel: remote pods are reached through the VXLAN device */
+#define CFG_SVC_DEFER          (1U << 3) /* the host stack (kube-proxy) translates services: egress to the
+					    * service CIDRs is judged after its DNAT, see SIGIL_MARK_DEFER */
+#define CFG_LB_TC              (1U << 4) /* Sigil load-balances: from_container translates what the
+					    * socket programs did not (lib/lb.h, sigil_lb4_svc) */
+
+/* skb->mark bits Sigil owns. from_container sets SIGIL_MARK_DEFER on a pod's
+ * packet to a service CIDR (CFG_SVC_DEFER) instead of judging its egress;
+ * the hooks after the host stack's DNAT (to_container, to_overlay, to_netdev)
+ * judge the source endpoint's egress on the translated packet and clear the
+ * bits. SIGIL_MARK_DEFER_ENFORCED says the source's egress was enforced when
+ * the packet left it, so a packet whose source the stack rewrote (SNAT) is
+ * dropped rather than passed unjudged. Chosen clear of kube-proxy's 0x4000
+ * (masquerade) and 0x8000 (drop), and of Cilium's 0x0f00 magic. */
+#define SIGIL_MARK_DEFER          0x00200000U
+#define SIGIL_MARK_DEFER_ENFORCED 0x00400000U
+#define SIGIL_MARK_DEFER_MASK     (SIGIL_MARK_DEFER | SIGIL_MARK_DEFER_ENFORCED)
+
+/* Service CIDRs (CFG_SVC_DEFER): up to this many IPv4 prefixes. */
+#define SIGIL_SVC_CIDRS 4
 
 /* An address of either family; IPv4 uses the first four bytes. */
 union sigil_addr {
@@ -102,6 +121,8 @@ struct runtime_config {
 	__u32 flags;
 	__u32 event_rate_limit; /* allowed-flow events per second per CPU; 0 = unlimited */
 	__u32 tunnel_ifindex;   /* the node's VXLAN device, in tunnel mode */
+	__be32 svc_net4[SIGIL_SVC_CIDRS];  /* service CIDRs (CFG_SVC_DEFER): network */
+	__be32 svc_mask4[SIGIL_SVC_CIDRS]; /* and mask; an all-zero mask is an unused slot */
 };
 
 #endif /* SIGIL_COMMON_H */

@@ -18,6 +18,14 @@ enum ct_status {
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/* What a lookup found: the status, and for a tracked flow its entry's
+ * CT_F_* flags and reverse-NAT index. */
+struct ct_state {
+	__u8 status;     /* enum ct_status */
+	__u8 flags;
+	__u16 rev_nat_index;
+};
+
 static __always_inline __u64 ct_lifetime(__u8 proto, __u8 flags)
 {
 	if (proto != IPPROTO_TCP)
@@ -67,8 +75,9 @@ static __always_inline struct ct_entry *ct_find(struct ct4_key *k, __u64 now)
 	return e;
 }
 
-/* ct4_lookup classifies a packet seen in direction dir. */
-static __always_inline enum ct_status ct4_lookup(const struct pkt4 *p, __u8 dir, __u64 now)
+/* ct4_lookup classifies a packet seen in direction dir, into st. */
+static __always_inline enum ct_status ct4_lookup(const struct pkt4 *p, __u8 dir, __u64 now,
+						 struct ct_state *st)
 {
 	struct ct4_key k = { .saddr = p->saddr, .daddr = p->daddr,
 			     .sport = p->sport, .dport = p->dport,
@@ -78,7 +87,9 @@ static __always_inline enum ct_status ct4_lookup(const struct pkt4 *p, __u8 dir,
 	e = ct_find(&k, now);
 	if (e) {
 		ct_touch(e, p, false, now);
-		return CT_ESTABLISHED;
+		st->flags = e->flags;
+		st->rev_nat_index = e->rev_nat_index;
+		return st->status = CT_ESTABLISHED;
 	}
 
 	k.saddr = p->daddr;
@@ -89,21 +100,28 @@ static __always_inline enum ct_status ct4_lookup(const struct pkt4 *p, __u8 dir,
 	e = ct_find(&k, now);
 	if (e) {
 		ct_touch(e, p, true, now);
-		return CT_REPLY;
+		st->flags = e->flags;
+		st->rev_nat_index = e->rev_nat_index;
+		return st->status = CT_REPLY;
 	}
 
+	st->flags = 0;
+	st->rev_nat_index = 0;
 	if (p->has_inner) {
 		struct ct4_key ik = p->inner;
 		ik.direction = !dir;
 		ik.pad = 0;
 		if (ct_find(&ik, now))
-			return CT_RELATED;
+			return st->status = CT_RELATED;
 	}
-	return CT_NEW;
+	return st->status = CT_NEW;
 }
 
+/* ct4_create tracks a new flow; flags are CT_F_* beyond the TCP state, and
+ * rev_nat_index names the service frontend of a translated flow (0: none). */
 static __always_inline void ct4_create(const struct pkt4 *p, __u8 dir, __u64 now,
-				       __u32 cookie, __u32 src_id, __u32 dst_id)
+				       __u32 cookie, __u32 src_id, __u32 dst_id,
+				       __u8 flags, __u16 rev_nat_index)
 {
 	struct ct4_key k = { .saddr = p->saddr, .daddr = p->daddr,
 			     .sport = p->sport, .dport = p->dport,
@@ -115,6 +133,8 @@ static __always_inline void ct4_create(const struct pkt4 *p, __u8 dir, __u64 now
 		.src_identity = src_id,
 		.dst_identity = dst_id,
 		.tcp_flags = p->tcp_flags,
+		.flags = flags,
+		.rev_nat_index = rev_nat_index,
 	};
 
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))

@@ -109,4 +109,54 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sigil_lb_aff SEC(".maps");
 
+#define LB_NSEC_PER_SEC 1000000000ULL
+
+/* Affinity clients: the socket programs key affinity by the client's network
+ * namespace cookie; the tc path, which sees packets, by the client's IPv4
+ * address with this bit set, so the two never collide. */
+#define LB_AFFINITY_CLIENT_IP4 (1ULL << 63)
+
+/* lb4_select picks a backend of svc (slot 0 of key's frontend, count > 0)
+ * for client: the affinity entry's backend while it is fresh and still
+ * exists, else a random slot (recorded for affinity when the service has
+ * it). key->slot is overwritten. Shared by bpf_sock.c (connect/sendmsg) and
+ * bpf_lxc.c (per-packet translation), so both balance alike. */
+static __always_inline const struct lb4_backend *
+lb4_select(const struct lb4_service *svc, struct lb4_key *key, __u64 client, __u32 *backend_id)
+{
+	const struct lb4_backend *be;
+	const struct lb4_service *slot;
+	struct lb_affinity_key ak = {};
+	struct lb_affinity_value *av = NULL;
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (svc->flags & LB_F_AFFINITY) {
+		ak.client = client;
+		ak.rev_nat_index = svc->rev_nat_index;
+		av = bpf_map_lookup_elem(&sigil_lb_aff, &ak);
+		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * LB_NSEC_PER_SEC) {
+			be = bpf_map_lookup_elem(&sigil_lb4_be, &av->backend_id);
+			if (be) {
+				/* Only while the backend still serves this service. */
+				*backend_id = av->backend_id;
+				av->last_used = now;
+				return be;
+			}
+		}
+	}
+	if (!svc->count)
+		return NULL;
+	key->slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&sigil_lb4_svc, key);
+	if (!slot)
+		return NULL;
+	*backend_id = slot->backend_id;
+	be = bpf_map_lookup_elem(&sigil_lb4_be, backend_id);
+	if (be && (svc->flags & LB_F_AFFINITY)) {
+		struct lb_affinity_value nv = { .last_used = now, .backend_id = *backend_id };
+		bpf_map_update_elem(&sigil_lb_aff, &ak, &nv, BPF_ANY);
+	}
+	return be;
+}
+
 #endif /* SIGIL_LB_H */

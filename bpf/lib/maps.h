@@ -172,6 +172,10 @@ struct ct4_key {
 
 #define CT_F_SEEN_REPLY (1U << 0)
 #define CT_F_CLOSING    (1U << 1)
+#define CT_F_VIA_STACK  (1U << 2) /* the host stack translated the flow (kube-proxy): its replies go back
+				   * through the stack, never redirected past its reverse NAT */
+#define CT_F_SERVICE    (1U << 3) /* a service flow's tuple as the client sent it: nat_addr/nat_port
+				   * name its backend, so later packets stick to it */
 
 struct ct_entry {
 	__u64 expires;   /* CLOCK_MONOTONIC deadline (bpf_ktime_get_coarse_ns) */
@@ -182,6 +186,9 @@ struct ct_entry {
 	__u32 dst_identity;
 	__u8 tcp_flags;  /* union of TCP flags seen, both ways */
 	__u8 flags;      /* CT_F_* */
+	__u16 rev_nat_index; /* a translated service flow: its frontend in sigil_lb4_rnat, for replies */
+	__be32 nat_addr; /* CT_F_SERVICE: the backend */
+	__be16 nat_port;
 	__u16 pad;
 };
 

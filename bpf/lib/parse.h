@@ -33,7 +33,9 @@ struct pkt4 {
 	__u8 tcp_flags;
 	__u32 len;
 	__u8 has_inner;      /* ICMP error with a parsable embedded header */
-	__u8 pad[3];
+	__u8 l4_off;         /* offset of the L4 header in the frame */
+	__u8 later_frag;     /* a non-first fragment: no L4 header */
+	__u8 pad;
 	struct ct4_key inner;
 };
 
@@ -132,12 +134,12 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	}
 }
 
-/* parse_ipv4 parses the IPv4 packet after the Ethernet header. Returns 0 or
- * a drop reason. */
-static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
+/* parse_ipv4_at parses the IPv4 packet whose header starts at off (after the
+ * Ethernet header in tc, 0 in cgroup programs). Returns 0 or a drop reason. */
+static __always_inline int parse_ipv4_at(struct __sk_buff *skb, struct pkt4 *p, __u32 off)
 {
 	struct iphdr ip;
-	__u32 hlen, off = ETH_HLEN;
+	__u32 hlen;
 	__u16 frag;
 
 	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
@@ -145,13 +147,14 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
 	if (ip.version != 4 || ip.ihl < 5)
 		return DROP_MALFORMED;
 	hlen = ip.ihl * 4;
-	if (bpf_ntohs(ip.tot_len) < hlen || skb->len < ETH_HLEN + bpf_ntohs(ip.tot_len))
+	if (bpf_ntohs(ip.tot_len) < hlen || skb->len < off + bpf_ntohs(ip.tot_len))
 		return DROP_MALFORMED;
 
 	p->saddr = ip.saddr;
 	p->daddr = ip.daddr;
 	p->proto = ip.protocol;
 	p->len = skb->len;
+	p->l4_off = off + hlen;
 
 	frag = bpf_ntohs(ip.frag_off);
 	if (frag & IP_OFFSET) {
@@ -162,6 +165,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
 		struct frag_ports *fp = bpf_map_lookup_elem(&sigil_frag4, &fk);
 		if (!fp)
 			return DROP_FRAG_UNKNOWN;
+		p->later_frag = 1;
 		p->sport = fp->sport;
 		p->dport = fp->dport;
 		p->policy_port = fp->dport;
@@ -181,6 +185,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
 		bpf_map_update_elem(&sigil_frag4, &fk, &fp, BPF_ANY);
 	}
 	return 0;
+}
+
+/* parse_ipv4 parses the IPv4 packet after the Ethernet header. */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
+{
+	return parse_ipv4_at(skb, p, ETH_HLEN);
 }
 
 #endif /* SIGIL_PARSE_H */

@@ -17,7 +17,9 @@ enum sigil_reason {
 	DROP_INVALID_SOURCE       = 7,  /* source address not owned by the endpoint on this interface */
 	DROP_UNKNOWN_ENDPOINT     = 8,  /* destination is not an endpoint on this interface */
 	DROP_PREFILTER            = 9,  /* the XDP prefilter's deny list matched */
-	REASON_MAX                = 10,
+	DROP_NO_SERVICE_BACKEND   = 10, /* a service frontend without ready backends */
+	DROP_NAT_FAILED           = 11, /* a service translation could not rewrite the packet */
+	REASON_MAX                = 12,
 };
 
 #endif /* SIGIL_REASONS_H */

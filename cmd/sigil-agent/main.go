@@ -135,7 +135,17 @@ func run() error {
 			rc.Flags |= old.Flags & datapath.ConfigTunnel
 			rc.TunnelIfIndex = old.TunnelIfIndex
 		}
+		deferSvc, err := sf.applyRuntime(&rc, restCfg != nil)
+		if err != nil {
+			d.Close()
+			return err
+		}
+		ovCfg.DeferServices = deferSvc
 		if err := d.SetRuntimeConfig(rc); err != nil {
+			d.Close()
+			return err
+		}
+		if err := sf.localIngress(d, deferSvc, log); err != nil {
 			d.Close()
 			return err
 		}

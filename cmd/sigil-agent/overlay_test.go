@@ -4,6 +4,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -99,5 +101,65 @@ func TestCleanup(t *testing.T) {
 	}
 	if att, err := datapath.PrefilterAttachments(pin); err != nil || len(att) != 0 {
 		t.Errorf("prefilter attachments after cleanup: %v %v", att, err)
+	}
+}
+
+// TestDeferredServicesDevices: with deferred service egress the overlay
+// attaches to_netdev to the device towards the other nodes (in tunnel mode
+// not to the tunnel device), the agent attaches local_ingress, and --cleanup
+// removes both.
+func TestDeferredServicesDevices(t *testing.T) {
+	testnet.RequireRoot(t)
+	dt.RequireBPF(t)
+	for _, mode := range []datapath.RoutingMode{datapath.RoutingNative, datapath.RoutingTunnel} {
+		t.Run(string(mode), func(t *testing.T) { testDeferredServicesDevices(t, mode) })
+	}
+}
+
+func testDeferredServicesDevices(t *testing.T, mode datapath.RoutingMode) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tn, err := testnet.CreateNode(netip.MustParseAddr("198.18.43.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tn.Delete() })
+	peer := testnet.NewNS(t, "sgpeer")
+	testnet.Veth(t, tn.NS, "ul0", peer, "ul0")
+	tn.NS.MustRun(t, "ip", "addr", "add", "198.19.43.1/24", "dev", "ul0")
+	pin := dt.PinDir(t)
+	d, err := datapath.Load(datapath.Config{PinDir: pin, NetNS: tn.NS.Path, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ov, err := agent.NewOverlay(d, agent.OverlayConfig{Mode: mode, DeferServices: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ov.Sync("n1", []agent.OverlayNode{
+		{Name: "n1", InternalIP: netip.MustParseAddr("198.19.43.1"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.43.0/24")}},
+		{Name: "n2", InternalIP: netip.MustParseAddr("198.19.43.2"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.44.0/24")}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := d.NativeDevices(); err != nil || len(devs) != 1 || devs[0] != "ul0" {
+		t.Fatalf("native devices %v, %v; want ul0", devs, err)
+	}
+	// As the agent does with deferral on: the cgroup program too.
+	if err := (serviceFlags{cgroup: datapath.DefaultCgroup2}).localIngress(d, true, log); err != nil {
+		t.Fatal(err)
+	}
+	localPin := filepath.Join(pin, "links", "cgroup-local_ingress")
+	if _, err := os.Stat(localPin); err != nil {
+		t.Fatalf("local_ingress not attached: %v", err)
+	}
+	if err := cleanupNode(pin, "auto", tn.NS.Path, "", log); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := d.NativeDevices(); err != nil || len(devs) != 0 {
+		t.Errorf("native devices after cleanup %v, %v", devs, err)
+	}
+	if _, err := os.Stat(localPin); !os.IsNotExist(err) {
+		t.Errorf("local_ingress still attached after cleanup: %v", err)
 	}
 }

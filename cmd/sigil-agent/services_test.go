@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -46,5 +47,41 @@ func TestServicesOff(t *testing.T) {
 	}
 	if _, err := os.Stat(link); !os.IsNotExist(err) {
 		t.Errorf("--kube-proxy-replacement=false left %s attached: %v", link, err)
+	}
+}
+
+// TestServiceRuntimeFlags: which service bits the agent sets in the
+// runtime configuration.
+func TestServiceRuntimeFlags(t *testing.T) {
+	base := datapath.RuntimeConfig{Flags: datapath.ConfigTunnel | datapath.ConfigLBTC | datapath.ConfigServiceDefer,
+		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.200.0/24")}}
+	for _, tc := range []struct {
+		name     string
+		f        serviceFlags
+		lbOn     bool
+		flags    uint32
+		cidrs    int
+		deferred bool
+		err      bool
+	}{
+		{"sigil load-balances", serviceFlags{kubeProxyReplacement: true, serviceCIDRs: "198.18.250.0/24"}, true, datapath.ConfigTunnel | datapath.ConfigLBTC, 0, false, false},
+		{"no load-balancer (no Kubernetes)", serviceFlags{kubeProxyReplacement: true}, false, datapath.ConfigTunnel, 0, false, false},
+		{"kube-proxy, service CIDRs", serviceFlags{serviceCIDRs: "198.18.250.0/24, 198.18.251.0/24"}, true, datapath.ConfigTunnel | datapath.ConfigServiceDefer, 2, true, false},
+		{"kube-proxy, no service CIDR", serviceFlags{}, true, datapath.ConfigTunnel, 0, false, false},
+		{"bad CIDR", serviceFlags{serviceCIDRs: "nope"}, false, 0, 0, false, true},
+		{"IPv6", serviceFlags{serviceCIDRs: "fd00::/108"}, false, 0, 0, false, true},
+		{"too many", serviceFlags{serviceCIDRs: "198.18.1.0/24,198.18.2.0/24,198.18.3.0/24,198.18.4.0/24,198.18.5.0/24"}, false, 0, 0, false, true},
+	} {
+		rc := base
+		on, err := tc.f.applyRuntime(&rc, tc.lbOn)
+		if tc.err {
+			if err == nil {
+				t.Errorf("%s: accepted", tc.name)
+			}
+			continue
+		}
+		if err != nil || on != tc.deferred || rc.Flags != tc.flags || len(rc.ServiceCIDRs) != tc.cidrs {
+			t.Errorf("%s: flags %#x cidrs %v defer %v err %v; want flags %#x, %d CIDRs, defer %v", tc.name, rc.Flags, rc.ServiceCIDRs, on, err, tc.flags, tc.cidrs, tc.deferred)
+		}
 	}
 }

@@ -84,6 +84,22 @@ type Result struct {
 	Action int32
 	// Event is the flow event the run emitted, if any.
 	Event *datapath.FlowEvent
+	// Data is the frame as the program left it (translated, for instance).
+	Data []byte
+	// Mark is skb->mark as the program left it.
+	Mark uint32
+}
+
+// ActRedirect is TC_ACT_REDIRECT: the program redirected the packet.
+const ActRedirect int32 = 7
+
+// skbCtx is struct __sk_buff as BPF_PROG_TEST_RUN takes and returns it; only
+// mark is set or read here.
+type skbCtx struct {
+	Len     uint32
+	PktType uint32
+	Mark    uint32
+	Rest    [192 - 12]byte
 }
 
 // Allowed reports whether the packet was passed on.
@@ -108,12 +124,28 @@ func (h *Harness) Run(dir datapath.Direction, p Packet) Result {
 // RunRaw is Run on raw frame bytes.
 func (h *Harness) RunRaw(dir datapath.Direction, frame []byte) Result {
 	h.t.Helper()
-	prog := h.program(dir)
-	ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
+	return h.RunProg(h.program(dir), frame, 0)
+}
+
+// RunMarked is Run with skb->mark set to mark on entry.
+func (h *Harness) RunMarked(dir datapath.Direction, p Packet, mark uint32) Result {
+	h.t.Helper()
+	return h.RunProg(h.program(dir), p.Bytes(), mark)
+}
+
+// RunProg runs any of the datapath's programs on frame, with skb->mark set
+// to mark on entry.
+func (h *Harness) RunProg(prog *ebpf.Program, frame []byte, mark uint32) Result {
+	h.t.Helper()
+	in := skbCtx{Mark: mark}
+	var out skbCtx
+	data := make([]byte, len(frame)+256)
+	opts := &ebpf.RunOptions{Data: frame, DataOut: data, Context: in, ContextOut: &out}
+	ret, err := prog.Run(opts)
 	if err != nil {
 		h.t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
 	}
-	res := Result{Action: int32(ret)}
+	res := Result{Action: int32(ret), Data: opts.DataOut, Mark: out.Mark}
 	h.events.SetDeadline(time.Now().Add(5 * time.Millisecond))
 	ev, err := h.events.Read()
 	if err == nil {

@@ -5,6 +5,7 @@ package datapathtest
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 )
 
@@ -56,6 +57,16 @@ func (p Packet) IPv4() []byte {
 		l4 = p.l4()
 	}
 	l4 = append(l4, p.Payload...)
+	if p.FragOffset == 0 && !p.MoreFragments {
+		// TCP and UDP carry a valid checksum, so translations can be
+		// checked for updating it.
+		switch p.Proto {
+		case 6:
+			binary.BigEndian.PutUint16(l4[16:], l4Checksum(p.Src, p.Dst, p.Proto, l4))
+		case 17:
+			binary.BigEndian.PutUint16(l4[6:], l4Checksum(p.Src, p.Dst, p.Proto, l4))
+		}
+	}
 	ihl := 5 + p.IPOptions
 	ip := make([]byte, ihl*4)
 	ip[0] = 0x40 | byte(ihl)
@@ -110,6 +121,58 @@ func (p Packet) l4() []byte {
 		return b
 	}
 	return nil
+}
+
+// l4Checksum is the TCP/UDP checksum of seg (its checksum field zero) with
+// the IPv4 pseudo-header.
+func l4Checksum(src, dst netip.Addr, proto uint8, seg []byte) uint16 {
+	s, d := src.As4(), dst.As4()
+	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, proto, byte(len(seg)>>8), byte(len(seg)))
+	c := checksum(append(pseudo, seg...))
+	if c == 0 && proto == 17 {
+		c = 0xffff
+	}
+	return c
+}
+
+// Decode reads an Ethernet/IPv4 TCP or UDP frame back (addresses, protocol,
+// ports, TCP flags) and checks its IPv4 header checksum and, unless it is
+// zero for UDP, its L4 checksum.
+func Decode(frame []byte) (Packet, error) {
+	if len(frame) < 14+20 {
+		return Packet{}, fmt.Errorf("frame of %d bytes", len(frame))
+	}
+	ip := frame[14:]
+	ihl := int(ip[0]&0xf) * 4
+	tot := int(binary.BigEndian.Uint16(ip[2:]))
+	if ihl < 20 || tot < ihl || tot > len(ip) {
+		return Packet{}, fmt.Errorf("bad IPv4 header lengths %d/%d", ihl, tot)
+	}
+	if checksum(ip[:ihl]) != 0 {
+		return Packet{}, fmt.Errorf("IPv4 header checksum wrong")
+	}
+	p := Packet{Src: netip.AddrFrom4([4]byte(ip[12:16])), Dst: netip.AddrFrom4([4]byte(ip[16:20])), Proto: ip[9]}
+	seg := ip[ihl:tot]
+	switch p.Proto {
+	case 6, 17:
+		if len(seg) < 8 {
+			return p, fmt.Errorf("short L4 header")
+		}
+		p.SrcPort = binary.BigEndian.Uint16(seg[0:])
+		p.DstPort = binary.BigEndian.Uint16(seg[2:])
+		if p.Proto == 6 {
+			p.TCPFlags = seg[13]
+		}
+		if p.Proto == 17 && binary.BigEndian.Uint16(seg[6:]) == 0 {
+			return p, nil
+		}
+		s, d := p.Src.As4(), p.Dst.As4()
+		pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, p.Proto, byte(len(seg)>>8), byte(len(seg)))
+		if checksum(append(pseudo, seg...)) != 0 {
+			return p, fmt.Errorf("%s checksum wrong", map[uint8]string{6: "TCP", 17: "UDP"}[p.Proto])
+		}
+	}
+	return p, nil
 }
 
 func checksum(b []byte) uint16 {

@@ -384,6 +384,13 @@ type BPFCTEntry struct {
 	SeenReply   bool       `json:"seenReply"`
 	Closing     bool       `json:"closing"`
 	Cookie      uint32     `json:"cookie"`
+	// ViaStack: the host stack translated the flow (kube-proxy).
+	ViaStack bool `json:"viaStack,omitempty"`
+	// Backend: a service flow (tc translation) as the client sent it,
+	// translated to this backend.
+	Backend *netip.AddrPort `json:"backend,omitempty"`
+	// RevNATIndex: the service frontend a translated flow's replies get.
+	RevNATIndex uint16 `json:"revNatIndex,omitempty"`
 }
 
 func newBPFCTCommand(o *options) *cobra.Command {
@@ -416,7 +423,11 @@ func newBPFCTCommand(o *options) *cobra.Command {
 					Src: t.Src, SrcPort: t.SrcPort, Dst: t.Dst, DstPort: t.DstPort, ExpiresSec: int64(e.Expires.Seconds()),
 					Packets: e.Packets, Bytes: e.Bytes, SrcIdentity: uint32(e.SrcIdentity), DstIdentity: uint32(e.DstIdentity),
 					TCPFlags: e.TCPFlags, SeenReply: e.Flags&datapath.CTSeenReply != 0, Closing: e.Flags&datapath.CTClosing != 0,
-					Cookie: e.Cookie})
+					Cookie: e.Cookie, ViaStack: e.Flags&datapath.CTViaStack != 0, RevNATIndex: e.RevNATIndex})
+				if e.Flags&datapath.CTService != 0 {
+					be := e.Backend
+					out[len(out)-1].Backend = &be
+				}
 			}
 			sort.Slice(out, func(i, j int) bool {
 				a, b := out[i], out[j]
@@ -443,6 +454,12 @@ func newBPFCTCommand(o *options) *cobra.Command {
 					}
 					if e.Closing {
 						st = append(st, "closing")
+					}
+					if e.ViaStack {
+						st = append(st, "via-stack")
+					}
+					if e.Backend != nil {
+						st = append(st, "service->"+e.Backend.String())
 					}
 					if f := tcpFlagNames(e.TCPFlags); f != "" {
 						st = append(st, f)
