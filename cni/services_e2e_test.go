@@ -21,11 +21,10 @@ package cni_test
 //     kube-proxy binary in iptables mode in each node namespace
 //     (internal/kubeproxy), with Node objects the test creates.
 //
-// Cases that fail in kube-proxy mode only for want of the datapath work on
-// branch svc-datapath (egress policy judged after kube-proxy's DNAT, and
-// replies kept on the host path so conntrack reverses the DNAT) are skipped
-// with "needs svc-datapath: ..." unless svcDatapathLanded is true or
-// SIGIL_E2E_SVC_DATAPATH=1. Needs root and the Kubernetes binaries
+// In kube-proxy mode the agents get --service-cidr, so pods' egress to a
+// ClusterIP is judged after kube-proxy's DNAT. The cases that need branch
+// svc-datapath's datapath are marked with needsSvcDatapath (see
+// svcDatapathLanded). Needs root and the Kubernetes binaries
 // (kube-apiserver, etcd, kube-proxy); skipped without them unless CI is set.
 
 import (
@@ -54,9 +53,12 @@ import (
 )
 
 // svcDatapathLanded says whether branch svc-datapath's kube-proxy-mode
-// fixes are in: with them, the kube-proxy cases marked "needs svc-datapath"
-// run instead of being skipped. SIGIL_E2E_SVC_DATAPATH=1 enables them too.
-const svcDatapathLanded = false
+// datapath (egress judged after kube-proxy's DNAT with --service-cidr,
+// replies kept on the host path for its reverse NAT) is in. It is, merged
+// into this branch; set it false (or leave SIGIL_E2E_SVC_DATAPATH unset
+// after doing so) to run this file against a tree without it: the cases
+// that need it are then skipped with "needs svc-datapath: ...".
+const svcDatapathLanded = true
 
 // svcServiceCIDR is the API server's --service-cluster-ip-range here.
 const svcServiceCIDR = "198.19.232.0/24"
@@ -207,8 +209,13 @@ func testServices(t *testing.T, env *k8stest.Env, m svcMode) {
 	names := [2]string{fmt.Sprintf("svc-%s-%s-1", m.name, m.routing), fmt.Sprintf("svc-%s-%s-2", m.name, m.routing)}
 	cidrs := [2]string{fmt.Sprintf("198.18.%d.0/24", m.base+1), fmt.Sprintf("198.18.%d.0/24", m.base+2)}
 	underlay := [2]string{fmt.Sprintf("198.19.%d.1", m.base), fmt.Sprintf("198.19.%d.2", m.base)}
+	flags := []string{fmt.Sprintf("--kube-proxy-replacement=%t", !m.kubeProxy)}
+	if m.kubeProxy {
+		// Pods' egress to ClusterIPs is judged after kube-proxy's DNAT.
+		flags = append(flags, "--service-cidr="+svcServiceCIDR)
+	}
 	nodes := startTwoNodes(t, env, kubeconfig, twoNodes{names: names, cidrs: cidrs, underlay: underlay, mode: m.routing,
-		flags: []string{fmt.Sprintf("--kube-proxy-replacement=%t", !m.kubeProxy)}})
+		flags: flags})
 	if m.kubeProxy {
 		startKubeProxies(t, env, kubeconfig, nodes, names, cidrs, underlay)
 	}
