@@ -51,6 +51,10 @@ type ServicesFigures struct {
 	// Ready is how long after the load-balancer started its datapath held
 	// every Service of the size.
 	Ready time.Duration
+	// kube-proxy only: the mean position of the measured Service's CRR
+	// port rules in KUBE-SERVICES, and how many rules it holds.
+	RulePos   float64
+	RuleTotal int
 }
 
 // ServicesRow is one size: both load-balancers.
@@ -186,16 +190,33 @@ func RunServices(ctx context.Context, o ServicesOptions) (rep *ServicesReport, e
 		row.Created = time.Since(began)
 		progress("  created in %s", row.Created.Round(time.Millisecond))
 
+		var crrFrontends []string
+		for _, p := range CRRPortList() {
+			crrFrontends = append(crrFrontends, fmt.Sprintf("%s:%d/tcp", measured, p))
+		}
 		for _, lb := range []struct {
 			name string
-			run  func(context.Context, *Cleanup, *testnet.Node) (time.Duration, error)
+			run  func(context.Context, *Cleanup, *testnet.Node, *ServicesFigures) error
 			fig  *ServicesFigures
 		}{
-			{"sigil socket LB", func(ctx context.Context, cl *Cleanup, n *testnet.Node) (time.Duration, error) {
-				return startSigilLB(ctx, cl, env, frontends)
+			{"sigil socket LB", func(ctx context.Context, cl *Cleanup, n *testnet.Node, f *ServicesFigures) (err error) {
+				f.Ready, err = startSigilLB(ctx, cl, env, frontends)
+				return err
 			}, &row.Sigil},
-			{"kube-proxy iptables", func(ctx context.Context, cl *Cleanup, n *testnet.Node) (time.Duration, error) {
-				return startKubeProxy(ctx, cl, env, kubeconfig, kpBin, n, frontends)
+			{"kube-proxy iptables", func(ctx context.Context, cl *Cleanup, n *testnet.Node, f *ServicesFigures) (err error) {
+				if f.Ready, err = startKubeProxy(ctx, cl, env, kubeconfig, kpBin, n, frontends); err != nil {
+					return err
+				}
+				pos, total, err := kubeproxy.Positions(n.NS.Path, crrFrontends)
+				if err != nil {
+					return err
+				}
+				sum := 0
+				for _, p := range pos {
+					sum += p
+				}
+				f.RulePos, f.RuleTotal = float64(sum)/float64(len(pos)), total
+				return nil
 			}, &row.KubeProxy},
 		} {
 			progress("  %s ...", lb.name)
@@ -210,7 +231,7 @@ func RunServices(ctx context.Context, o ServicesOptions) (rep *ServicesReport, e
 				if err != nil {
 					return f, err
 				}
-				if f.Ready, err = lb.run(ctx, lcl, node); err != nil {
+				if err := lb.run(ctx, lcl, node, &f); err != nil {
 					return f, err
 				}
 				srv, err := StartEchoServer(node.Pods[1].NS, svcServerIP, ports)
@@ -232,6 +253,9 @@ func RunServices(ctx context.Context, o ServicesOptions) (rep *ServicesReport, e
 				return rep, fmt.Errorf("%d Services, %s: %w", size, lb.name, err)
 			}
 			progress("    ready after %s; CRR %.0f/s, RR %.0f/s", f.Ready.Round(time.Millisecond), f.CRR.PerSec(), f.RR.PerSec())
+			if f.RuleTotal > 0 {
+				progress("    the measured Service's CRR rules: mean position %.0f of %d in KUBE-SERVICES", f.RulePos, f.RuleTotal)
+			}
 			*lb.fig = f
 		}
 		rep.Rows = append(rep.Rows, row)
@@ -484,13 +508,14 @@ func (r *ServicesReport) Markdown(command string) string {
 		m.CPUs, m.CPUModel, m.Kernel, m.LoadAvg, m.GoVersion)
 	fmt.Fprintf(&b, "- run: %s, %v per traffic figure, took %s; %s, %s\n\n",
 		r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Options.Duration, r.Took.Round(time.Second), r.KubeProxy, r.IPTables)
-	b.WriteString("| Services defined | Sigil CRR conn/s | kube-proxy CRR conn/s | CRR Sigil/kube-proxy | Sigil RR trans/s | kube-proxy RR trans/s | RR Sigil/kube-proxy | ready after: Sigil / kube-proxy |\n|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| Services defined | Sigil CRR conn/s | kube-proxy CRR conn/s | CRR Sigil/kube-proxy | Sigil RR trans/s | kube-proxy RR trans/s | RR Sigil/kube-proxy | ready after: Sigil / kube-proxy | kube-proxy rules walked |\n|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
 	for _, row := range r.Rows {
 		s, k := row.Sigil, row.KubeProxy
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", groupInt(int64(row.Services)),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s of %s |\n", groupInt(int64(row.Services)),
 			groupInt(int64(s.CRR.PerSec())), groupInt(int64(k.CRR.PerSec())), fmtRatio(ratio(s.CRR.PerSec(), k.CRR.PerSec())),
 			groupInt(int64(s.RR.PerSec())), groupInt(int64(k.RR.PerSec())), fmtRatio(ratio(s.RR.PerSec(), k.RR.PerSec())),
-			s.Ready.Round(100*time.Millisecond), k.Ready.Round(100*time.Millisecond))
+			s.Ready.Round(100*time.Millisecond), k.Ready.Round(100*time.Millisecond),
+			groupInt(int64(k.RulePos+0.5)), groupInt(int64(k.RuleTotal)))
 	}
 	var created []string
 	for _, row := range r.Rows {
@@ -509,7 +534,9 @@ func (r *ServicesReport) Markdown(command string) string {
 		"translates connect() to the backend, so packets carry the backend's address and the node has no NAT rules. "+
 		"kube-proxy: the real binary in iptables mode in the node namespace (its Node object created by the benchmark); the "+
 		"first packet of each connection walks its nat rules (KUBE-SERVICES holds one rule per Service port) and conntrack "+
-		"reverses the DNAT.\n\n", svcRange, 1+CRRPorts, r.Options.Workers, strings.Join(created, ", "))
+		"reverses the DNAT. \"kube-proxy rules walked\": the mean position of the measured Service's CRR port rules in "+
+		"KUBE-SERVICES (kube-proxy writes the chain in no particular order, so where the measured Service lands varies "+
+		"from run to run), of the chain's rules; each new connection's first packet is matched against the rules up to it.\n\n", svcRange, 1+CRRPorts, r.Options.Workers, strings.Join(created, ", "))
 	b.WriteString("Waiting: a figure is measured only once the datapath holds every Service defined: for Sigil, until `LB.List()` " +
 		"(the pinned maps) has a frontend with backends for every ClusterIP and port; for kube-proxy, until its healthz answers " +
 		"200 and `iptables -t nat -S KUBE-SERVICES` has a `-d ClusterIP/32 ... --dport port -j KUBE-SVC-…` rule for every one. " +

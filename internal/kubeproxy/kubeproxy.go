@@ -249,21 +249,58 @@ func Frontends(netns string) ([]string, error) {
 		if !strings.HasPrefix(line, "-A KUBE-SERVICES ") || !strings.Contains(line, " -j KUBE-SVC-") {
 			continue
 		}
-		var ip, proto, port string
-		f := strings.Fields(line)
-		for i := 0; i+1 < len(f); i++ {
-			switch f[i] {
-			case "-d":
-				ip = strings.TrimSuffix(f[i+1], "/32")
-			case "-p":
-				proto = f[i+1]
-			case "--dport":
-				port = f[i+1]
-			}
-		}
-		if ip != "" && port != "" {
-			fs = append(fs, ip+":"+port+"/"+proto)
+		if f := frontendOf(line); f != "" {
+			fs = append(fs, f)
 		}
 	}
 	return fs, nil
+}
+
+// frontendOf returns "ip:port/proto" of a KUBE-SERVICES rule that sends a
+// ClusterIP to a service chain, "" for other rules.
+func frontendOf(line string) string {
+	if !strings.Contains(line, " -j KUBE-SVC-") {
+		return ""
+	}
+	var ip, proto, port string
+	f := strings.Fields(line)
+	for i := 0; i+1 < len(f); i++ {
+		switch f[i] {
+		case "-d":
+			ip = strings.TrimSuffix(f[i+1], "/32")
+		case "-p":
+			proto = f[i+1]
+		case "--dport":
+			port = f[i+1]
+		}
+	}
+	if ip == "" || port == "" {
+		return ""
+	}
+	return ip + ":" + port + "/" + proto
+}
+
+// Positions returns, for each frontend ("ip:port/proto", as Frontends lists
+// them), the 1-based position of its rule among the nat table's
+// KUBE-SERVICES rules (0 if it has none), and how many rules that chain
+// holds: a connection's first packet walks the chain up to its rule.
+func Positions(netns string, frontends []string) (pos []int, total int, err error) {
+	out, err := run(netns, "iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES")
+	if err != nil {
+		return nil, 0, err
+	}
+	at := map[string]int{}
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "-A KUBE-SERVICES ") {
+			continue
+		}
+		total++
+		if fs := frontendOf(line); fs != "" {
+			at[fs] = total
+		}
+	}
+	for _, f := range frontends {
+		pos = append(pos, at[f])
+	}
+	return pos, total, nil
 }
