@@ -132,9 +132,8 @@ func kubeProxyBinary(t *testing.T, env *k8stest.Env) string {
 // startKubeProxies creates the Node objects kube-proxy needs and runs
 // kube-proxy in each node namespace; cleanup stops it by PID and flushes
 // its chains.
-func startKubeProxies(t *testing.T, env *k8stest.Env, kubeconfig string, nodes [2]*node, names, cidrs, underlay [2]string) {
+func startKubeProxies(t *testing.T, env *k8stest.Env, bin, kubeconfig string, nodes [2]*node, names, cidrs, underlay [2]string) {
 	t.Helper()
-	bin := kubeProxyBinary(t, env)
 	for i, n := range nodes {
 		mustCreateObj(t, env.Client, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: names[i]},
 			Spec:   corev1.NodeSpec{PodCIDR: cidrs[i], PodCIDRs: []string{cidrs[i]}},
@@ -203,6 +202,10 @@ func testServices(t *testing.T, env *k8stest.Env, m svcMode) {
 	start := time.Now()
 	ctx := context.Background()
 	admin := env.Client
+	var kubeProxy string
+	if m.kubeProxy {
+		kubeProxy = kubeProxyBinary(t, env)
+	}
 	ns := k8stest.Namespace(t, admin)
 	kubeconfig := writeKubeconfig(t, env)
 
@@ -217,7 +220,7 @@ func testServices(t *testing.T, env *k8stest.Env, m svcMode) {
 	nodes := startTwoNodes(t, env, kubeconfig, twoNodes{names: names, cidrs: cidrs, underlay: underlay, mode: m.routing,
 		flags: flags})
 	if m.kubeProxy {
-		startKubeProxies(t, env, kubeconfig, nodes, names, cidrs, underlay)
+		startKubeProxies(t, env, kubeProxy, kubeconfig, nodes, names, cidrs, underlay)
 	}
 
 	// Clients a (node 1) and z (node 2); backends b (node 1), c and d

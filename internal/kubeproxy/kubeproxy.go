@@ -92,9 +92,6 @@ func Start(cfg Config) (*Proxy, error) {
 	if cfg.Log != nil {
 		cmd.Stdout, cmd.Stderr = cfg.Log, cfg.Log
 	}
-	// Its own process group: a Ctrl-C of the test or benchmark reaches us,
-	// and we stop it in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("kubeproxy: start: %w", err)
 	}
