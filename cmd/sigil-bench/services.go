@@ -16,6 +16,7 @@ func runServices(args []string) error {
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "duration of each traffic figure")
 	fs.IntVar(&o.CRRClients, "crr-clients", o.CRRClients, "parallel client threads of the CRR figure")
 	sizes := fs.String("sizes", joinInts(o.Sizes), "numbers of Services defined, increasing, comma-separated")
+	fs.IntVar(&o.Rounds, "rounds", o.Rounds, "alternating rounds per size; each load-balancer's best figures are kept")
 	fs.IntVar(&o.Workers, "workers", o.Workers, "concurrent API requests while creating Services")
 	markdown := fs.String("markdown", "", `also write the results as the "Services" section of this markdown file`)
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
