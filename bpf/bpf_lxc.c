@@ -25,9 +25,9 @@
  *   local_ingress:  judges the deferred egress of pods' packets the stack
  *                   translated to the node's own addresses (delivered
  *                   locally, past every tc hook).
- * On the node's native-routing devices:
+ * On the node's devices towards other nodes (deferred services only):
  *   to_netdev:      tc egress: judges the deferred egress of pods' packets
- *                   the stack translated to a backend on another node; all
+ *                   the stack translated to a backend elsewhere; all
  *                   other packets pass at once.
  * Services: with CFG_LB_TC, from_container translates packets for a service
  * frontend to a backend (lb4_dnat) and the client's ingress hooks restore

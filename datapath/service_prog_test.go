@@ -195,9 +195,10 @@ func TestServiceTranslation(t *testing.T) {
 		t.Errorf("answer %s:%d -> %s:%d flags %#x ack %d, want RST|ACK from vip3:80 acknowledging the SYN",
 			p.Src, p.SrcPort, p.Dst, p.DstPort, p.TCPFlags, binary.BigEndian.Uint32(r.Data[14+28:]))
 	}
-	// UDP to a frontend without backends is only dropped.
-	if r := h.Run(datapath.Egress, dt.Packet{Src: ipA, Dst: vip1, Proto: 17, SrcPort: 5353, DstPort: 80}); r.Action != dt.ActNext {
-		t.Errorf("udp to vip1:80 (no UDP frontend there): action %d, want passed untranslated", r.Action)
+	// UDP to vip1:80 is no frontend: judged untranslated (and denied).
+	if r := h.Run(datapath.Egress, dt.Packet{Src: ipA, Dst: vip1, Proto: 17, SrcPort: 5353, DstPort: 80}); r.Action != dt.ActShot ||
+		r.Reason() != datapath.DropPolicyDefault || r.Event.Dst != vip1 {
+		t.Errorf("udp to vip1:80 (no UDP frontend there): action %d event %+v, want a policy drop on vip1", r.Action, r.Event)
 	}
 	// Not a frontend (other port): untouched.
 	r = h.Run(datapath.Egress, tcpSyn(ipA, vip1, 81))
