@@ -7,7 +7,7 @@ BPF_CFLAGS := -O2 -g -mcpu=v3 -Wall -Werror -Wextra -Wno-unused-parameter -I/usr
 TEST_FLAGS ?= -count=1 -timeout 30m
 export SIGIL_CACHE_DIR ?= /var/cache/sigil
 
-.PHONY: help setup generate build images test check lint verify-generated bench bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-lab demo lab lab-down clean
+.PHONY: help setup generate build images test check lint verify-generated bench bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-services bench-lab demo lab lab-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ verify-generated: generate ## fail if generated files differ from what is commit
 		git status --porcelain; git diff --stat; exit 1; fi
 	@echo "verify-generated: ok"
 
-bench: bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-lab ## run every benchmark
+bench: bench-datapath bench-policy bench-cni bench-controlplane bench-prefilter bench-multinode bench-services bench-lab ## run every benchmark
 
 bench-datapath: ## datapath: baseline vs Sigil vs iptables, per-packet cost
 	$(GO) run ./cmd/sigil-bench datapath --markdown docs/performance.md
@@ -66,6 +66,9 @@ bench-multinode: ## cross-node traffic: physical vs plain VXLAN vs Sigil tunnel 
 bench-lab: ## a real cluster per routing mode: pod start to Ready (50 pods), policy apply to enforcement, cross-node traffic vs node to node
 	$(GO) build -o $(BIN)/sigil ./cmd/sigil
 	$(GO) run ./cmd/sigil-bench lab --sigil $(BIN)/sigil --markdown docs/performance.md
+
+bench-services: ## ClusterIP CRR and RR: Sigil's socket LB vs kube-proxy (iptables), 1/1,000/10,000 Services
+	$(GO) run ./cmd/sigil-bench services --markdown docs/performance.md
 
 demo: ## the datapath alone: one node and three pods in network namespaces, a policy, the matrix
 	$(GO) run ./cmd/sigil demo

@@ -25,8 +25,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sigil-net/sigil/agent/apitypes"
@@ -62,50 +60,19 @@ func apiProxy(t *testing.T, ns *testnet.NS, cfg *rest.Config) {
 	if err != nil || u.Host == "" {
 		t.Fatalf("API server host %q: %v", cfg.Host, err)
 	}
-	target := u.Host
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", target)
-		return err
-	}); err != nil {
-		t.Fatalf("API proxy in %s: %v", ns.Name, err)
+	f, err := ns.Forward(u.Host, u.Host)
+	if err != nil {
+		t.Fatalf("API proxy: %v", err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", target, 5*time.Second)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{})
-				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); close(done) }()
-				io.Copy(c, up)
-				<-done
-			}()
-		}
-	}()
+	t.Cleanup(func() { f.Close() })
 }
 
-// writeKubeconfig writes cfg (envtest's admin: client certificate) as a
-// kubeconfig file.
-func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
+// writeKubeconfig writes env's admin kubeconfig into the test's temporary
+// folder.
+func writeKubeconfig(t *testing.T, env *k8stest.Env) string {
 	t.Helper()
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData,
-		Token: cfg.BearerToken}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	kc.CurrentContext = "envtest"
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+	if err := env.WriteKubeconfig(path); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -158,77 +125,113 @@ func mustCreateObj(t *testing.T, c client.Client, o client.Object) {
 	t.Cleanup(func() { c.Delete(context.Background(), o) })
 }
 
+// twoNodes describes two nodes under Kubernetes on an underlay veth.
+type twoNodes struct {
+	names, cidrs, underlay [2]string
+	mode                   datapath.RoutingMode
+	flags                  []string // agent flags besides the common ones
+	// setup1, if set, prepares node 1 before its agent starts (the
+	// underlay comes with node 2, once both namespaces exist).
+	setup1 func(*node)
+}
+
+// startTwoNodes writes the SigilNodes (what the operator would), then
+// starts both nodes with the real agent against env. Node 1's agent starts
+// before the underlay exists; it must still program the route to node 2
+// from its SigilNode.
+func startTwoNodes(t *testing.T, env *k8stest.Env, kubeconfig string, s twoNodes) [2]*node {
+	t.Helper()
+	for i := range s.names {
+		mustCreateObj(t, env.Client, &sigilv1.SigilNode{ObjectMeta: metav1.ObjectMeta{Name: s.names[i]},
+			Spec: sigilv1.SigilNodeSpec{PodCIDRs: []string{s.cidrs[i]}, InternalIP: s.underlay[i], TunnelEndpoint: s.underlay[i]}})
+	}
+	flags := func(i int) []string {
+		return append([]string{"--k8s=true", "--kubeconfig", kubeconfig, "--node-name", s.names[i],
+			"--routing-mode", string(s.mode), "--cluster-pool-cidr", "198.18.0.0/16", "--masquerade=true",
+			"--metrics-address", ""}, s.flags...)
+	}
+	var nodes [2]*node
+	nodes[0] = newK8sNode(t, s.cidrs[0], func(n *node) {
+		apiProxy(t, n.ns, env.Config)
+		if s.setup1 != nil {
+			s.setup1(n)
+		}
+	}, flags(0)...)
+	nodes[1] = newK8sNode(t, s.cidrs[1], func(n *node) {
+		apiProxy(t, n.ns, env.Config)
+		testnet.Veth(t, nodes[0].ns, "ul0", n.ns, "ul0")
+		nodes[0].ns.MustRun(t, "ip", "addr", "add", s.underlay[0]+"/24", "dev", "ul0")
+		n.ns.MustRun(t, "ip", "addr", "add", s.underlay[1]+"/24", "dev", "ul0")
+	}, flags(1)...)
+	return nodes
+}
+
+// addK8sPod creates the Pod object named name in namespace ns with
+// labels, placed on nodeName as the scheduler would have, then adds the
+// pod through the real CNI plugin on n and waits for the agent to give it
+// the identity of its labels.
+func addK8sPod(t *testing.T, admin client.Client, ns string, n *node, nodeName, name string, labels map[string]string) (*pod, apitypes.Endpoint) {
+	t.Helper()
+	mustCreateObj(t, admin, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "pause"}}}})
+	p := n.newPod(t, name+"-"+randHex(6))
+	p.rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", name},
+		{"K8S_POD_UID", "uid-" + p.rt.ContainerID}}
+	if err := n.add(n.conflist("1.1.0"), p); err != nil {
+		t.Fatalf("ADD %s: %v\nagent log:\n%s", name, err, n.log())
+	}
+	var ep apitypes.Endpoint
+	eventuallyE2E(t, 20*time.Second, "identity of "+name+" from its labels", func() (err error) {
+		ep, err = n.client().GetEndpoint(context.Background(), p.rt.ContainerID, "eth0")
+		if err == nil && (ep.Identity < 256 || ep.PodName != name) {
+			err = fmt.Errorf("endpoint %+v", ep)
+		}
+		return err
+	})
+	return p, ep
+}
+
+// publishEndpoint writes the SigilEndpoint of a pod, as the operator
+// publishes it.
+func publishEndpoint(t *testing.T, admin client.Client, ns, name, nodeName string, p *pod, id uint32) {
+	t.Helper()
+	mustCreateObj(t, admin, &sigilv1.SigilEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Status: sigilv1.SigilEndpointStatus{Identity: int64(id), NodeName: nodeName, IPs: []string{p.ip.String()}}})
+}
+
 func testMultiNode(t *testing.T, env *k8stest.Env, mode datapath.RoutingMode, base int) {
 	start := time.Now()
 	ctx := context.Background()
 	admin := env.Client
 	ns := k8stest.Namespace(t, admin)
-	kubeconfig := writeKubeconfig(t, env.Config)
+	kubeconfig := writeKubeconfig(t, env)
 
-	names := []string{fmt.Sprintf("mn-%s-1", mode), fmt.Sprintf("mn-%s-2", mode)}
-	cidrs := []string{fmt.Sprintf("198.18.%d.0/24", base+1), fmt.Sprintf("198.18.%d.0/24", base+2)}
-	underlay := []string{fmt.Sprintf("198.19.%d.1", base), fmt.Sprintf("198.19.%d.2", base)}
+	names := [2]string{fmt.Sprintf("mn-%s-1", mode), fmt.Sprintf("mn-%s-2", mode)}
+	cidrs := [2]string{fmt.Sprintf("198.18.%d.0/24", base+1), fmt.Sprintf("198.18.%d.0/24", base+2)}
+	underlay := [2]string{fmt.Sprintf("198.19.%d.1", base), fmt.Sprintf("198.19.%d.2", base)}
 	outsideNet := base + 5
 	nodeExt := fmt.Sprintf("198.19.%d.1", outsideNet)
 	outsideIP := fmt.Sprintf("198.19.%d.2", outsideNet)
 
-	// What the operator would have written: SigilNodes; and the Pods, as
-	// the scheduler would have placed them.
-	for i := range names {
-		mustCreateObj(t, admin, &sigilv1.SigilNode{ObjectMeta: metav1.ObjectMeta{Name: names[i]},
-			Spec: sigilv1.SigilNodeSpec{PodCIDRs: []string{cidrs[i]}, InternalIP: underlay[i], TunnelEndpoint: underlay[i]}})
-	}
-	for i, app := range []string{"a", "b"} {
-		mustCreateObj(t, admin, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: app, Labels: map[string]string{"app": app}},
-			Spec: corev1.PodSpec{NodeName: names[i], Containers: []corev1.Container{{Name: "c", Image: "pause"}}}})
-	}
-
-	// The underlay: node 1's ul0 <-> node 2's ul0; created with node 2,
-	// once both namespaces exist. Node 1 also has an "outside" host on ext0.
-	var n1 *node
+	// The underlay: node 1's ul0 <-> node 2's ul0. Node 1 also has an
+	// "outside" host on ext0.
 	var outside *testnet.NS
-	flags := func(i int) []string {
-		return []string{"--k8s=true", "--kubeconfig", kubeconfig, "--node-name", names[i],
-			"--routing-mode", string(mode), "--cluster-pool-cidr", "198.18.0.0/16", "--masquerade=true",
-			"--metrics-address", ""}
-	}
-	n1 = newK8sNode(t, cidrs[0], func(n *node) {
-		apiProxy(t, n.ns, env.Config)
-		outside = testnet.NewNS(t, "sgo")
-		testnet.Veth(t, n.ns, "ext0", outside, "eth0")
-		n.ns.MustRun(t, "ip", "addr", "add", nodeExt+"/24", "dev", "ext0")
-		outside.MustRun(t, "ip", "addr", "add", outsideIP+"/24", "dev", "eth0")
-	}, flags(0)...)
-	n2 := newK8sNode(t, cidrs[1], func(n *node) {
-		apiProxy(t, n.ns, env.Config)
-		testnet.Veth(t, n1.ns, "ul0", n.ns, "ul0")
-		n1.ns.MustRun(t, "ip", "addr", "add", underlay[0]+"/24", "dev", "ul0")
-		n.ns.MustRun(t, "ip", "addr", "add", underlay[1]+"/24", "dev", "ul0")
-	}, flags(1)...)
-	// Node 1's agent started before the underlay existed; it must still
-	// program the route to node 2 from its SigilNode.
+	nodes := startTwoNodes(t, env, kubeconfig, twoNodes{names: names, cidrs: cidrs, underlay: underlay, mode: mode,
+		setup1: func(n *node) {
+			outside = testnet.NewNS(t, "sgo")
+			testnet.Veth(t, n.ns, "ext0", outside, "eth0")
+			n.ns.MustRun(t, "ip", "addr", "add", nodeExt+"/24", "dev", "ext0")
+			outside.MustRun(t, "ip", "addr", "add", outsideIP+"/24", "dev", "eth0")
+		}})
+	n1, n2 := nodes[0], nodes[1]
 
 	// Pods through the real CNI plugin, named as their Pod objects.
-	add := func(n *node, name string) (*pod, apitypes.Endpoint) {
+	add := func(n *node, i int, name string) (*pod, apitypes.Endpoint) {
 		t.Helper()
-		p := n.newPod(t, name+"-"+randHex(6))
-		p.rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", name},
-			{"K8S_POD_UID", "uid-" + p.rt.ContainerID}}
-		if err := n.add(n.conflist("1.1.0"), p); err != nil {
-			t.Fatalf("ADD %s: %v\nagent log:\n%s", name, err, n.log())
-		}
-		var ep apitypes.Endpoint
-		eventuallyE2E(t, 20*time.Second, "identity of "+name+" from its labels", func() (err error) {
-			ep, err = n.client().GetEndpoint(ctx, p.rt.ContainerID, "eth0")
-			if err == nil && (ep.Identity < 256 || ep.PodName != name) {
-				err = fmt.Errorf("endpoint %+v", ep)
-			}
-			return err
-		})
-		return p, ep
+		return addK8sPod(t, admin, ns, n, names[i], name, map[string]string{"app": name})
 	}
-	a, epA := add(n1, "a")
-	b, epB := add(n2, "b")
+	a, epA := add(n1, 0, "a")
+	b, epB := add(n2, 1, "b")
 	if epA.Identity == epB.Identity {
 		t.Fatalf("a and b share identity %d (labels app=a and app=b)", epA.Identity)
 	}
@@ -238,8 +241,7 @@ func testMultiNode(t *testing.T, env *k8stest.Env, mode datapath.RoutingMode, ba
 	// node 2 needs it to know a at all.
 	publish := func(name, nodeName string, p *pod, id uint32) {
 		t.Helper()
-		mustCreateObj(t, admin, &sigilv1.SigilEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-			Status: sigilv1.SigilEndpointStatus{Identity: int64(id), NodeName: nodeName, IPs: []string{p.ip.String()}}})
+		publishEndpoint(t, admin, ns, name, nodeName, p, id)
 	}
 	publish("b", names[1], b, epB.Identity)
 	if mode == datapath.RoutingNative {

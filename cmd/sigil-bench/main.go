@@ -4,6 +4,7 @@
 //	sigil-bench prefilter [--duration 5s] [--sizes 10,1000,100000] [--markdown docs/performance.md]
 //	sigil-bench multinode [--duration 5s] [--markdown docs/performance.md]
 //	sigil-bench lab [--pods 50] [--modes tunnel,native] [--markdown docs/performance.md]
+//	sigil-bench services [--duration 5s] [--sizes 1,1000,10000] [--markdown docs/performance.md]
 //
 // datapath builds one node with two pods in network namespaces (addresses
 // from 198.18.0.0/15, traffic only between them) and compares, in one run,
@@ -22,6 +23,10 @@
 // lab brings up a real cluster per routing mode (sigil lab) and measures pod
 // start to Ready, policy apply to enforcement, and cross-node pod traffic
 // against the same traffic between the node namespaces.
+// services compares, with 1, 1,000 and 10,000 Services defined in a real
+// API server, new connections per second and request/response to a
+// ClusterIP through Sigil's socket load-balancer and through the real
+// kube-proxy in iptables mode.
 //
 // Everything they create is removed on exit, error or Ctrl-C.
 package main
@@ -55,6 +60,8 @@ func main() {
 		err = runMultinode(os.Args[2:])
 	case "lab":
 		err = runLab(os.Args[2:])
+	case "services":
+		err = runServices(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -74,6 +81,7 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "       sigil-bench prefilter [flags]   (sigil-bench prefilter -h for the flags)")
 	fmt.Fprintln(os.Stderr, "       sigil-bench multinode [flags]   (sigil-bench multinode -h for the flags)")
 	fmt.Fprintln(os.Stderr, "       sigil-bench lab [flags]         (sigil-bench lab -h for the flags)")
+	fmt.Fprintln(os.Stderr, "       sigil-bench services [flags]    (sigil-bench services -h for the flags)")
 }
 
 func runDatapath(args []string) error {

@@ -43,6 +43,8 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -96,12 +98,12 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// errNoBinaries marks a missing kube-apiserver or etcd.
-var errNoBinaries = errors.New("k8stest: Kubernetes test binaries missing")
+// ErrNoBinaries marks a missing kube-apiserver or etcd.
+var ErrNoBinaries = errors.New("k8stest: Kubernetes test binaries missing")
 
 // AssetsDir returns the folder holding kube-apiserver and etcd:
 // KUBEBUILDER_ASSETS if set, else what `hack/k8s-binaries.sh --print-dir`
-// prints. The error wraps errNoBinaries when a binary is missing.
+// prints. The error wraps ErrNoBinaries when a binary is missing.
 func AssetsDir(root string) (string, error) {
 	dir := os.Getenv("KUBEBUILDER_ASSETS")
 	if dir == "" {
@@ -114,7 +116,7 @@ func AssetsDir(root string) (string, error) {
 	for _, bin := range []string{"kube-apiserver", "etcd"} {
 		if fi, err := os.Stat(filepath.Join(dir, bin)); err != nil || fi.IsDir() {
 			return dir, fmt.Errorf("%w: no %s in %s (build them with hack/k8s-binaries.sh --only apiserver,etcd)",
-				errNoBinaries, bin, dir)
+				ErrNoBinaries, bin, dir)
 		}
 	}
 	return dir, nil
@@ -134,8 +136,22 @@ func quietLogs() {
 	})
 }
 
+// Options changes how an API server is started; the zero value is envtest's
+// defaults.
+type Options struct {
+	// ServiceCIDR is the API server's --service-cluster-ip-range, where
+	// ClusterIPs are allocated (envtest's default: 10.0.0.0/24, 254
+	// Services).
+	ServiceCIDR string
+}
+
+// StartServer starts an API server with Sigil's CRDs outside of a test (a
+// benchmark, a tool); the caller stops it with Stop. Its error wraps
+// ErrNoBinaries when kube-apiserver or etcd is missing.
+func StartServer(o Options) (*Env, error) { return startEnv(o) }
+
 // startEnv starts an API server with Sigil's CRDs.
-func startEnv() (*Env, error) {
+func startEnv(o Options) (*Env, error) {
 	quietLogs()
 	root, err := RepoRoot()
 	if err != nil {
@@ -154,6 +170,9 @@ func startEnv() (*Env, error) {
 		ControlPlaneStartTimeout: 90 * time.Second, // two shared cores
 		ControlPlaneStopTimeout:  30 * time.Second,
 	}
+	if o.ServiceCIDR != "" {
+		te.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", o.ServiceCIDR)
+	}
 	// envtest prefers KUBEBUILDER_ASSETS over BinaryAssetsDirectory; both
 	// now name the same folder.
 	cfg, err := te.Start()
@@ -168,6 +187,20 @@ func startEnv() (*Env, error) {
 		return nil, err
 	}
 	return &Env{Config: cfg, Client: c, Scheme: s, Root: root, env: te}, nil
+}
+
+// WriteKubeconfig writes Config (the admin's client certificate) as a
+// kubeconfig file at path, for processes outside the test: the agent,
+// kube-proxy.
+func (e *Env) WriteKubeconfig(path string) error {
+	kc := clientcmdapi.NewConfig()
+	cfg := e.Config
+	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData,
+		Token: cfg.BearerToken}
+	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
+	kc.CurrentContext = "envtest"
+	return clientcmd.WriteToFile(*kc, path)
 }
 
 // Stop stops the API server and etcd.
@@ -213,15 +246,23 @@ func Run(m *testing.M) int {
 // when the binaries are missing and CI is unset, and fails it otherwise.
 func StartEnv(t testing.TB) *Env {
 	t.Helper()
+	return StartEnvWith(t, Options{})
+}
+
+// StartEnvWith is StartEnv with options. With any option set it always
+// starts a server of its own (stopped at the end of the test), since the
+// shared one runs with the defaults.
+func StartEnvWith(t testing.TB, o Options) *Env {
+	t.Helper()
 	var (
 		e   *Env
 		err error
 	)
-	if shared.enabled {
-		shared.once.Do(func() { shared.env, shared.err = startEnv() })
+	if shared.enabled && o == (Options{}) {
+		shared.once.Do(func() { shared.env, shared.err = startEnv(o) })
 		e, err = shared.env, shared.err
 	} else {
-		e, err = startEnv()
+		e, err = startEnv(o)
 		if err == nil {
 			t.Cleanup(func() {
 				if err := e.Stop(); err != nil {
@@ -231,7 +272,7 @@ func StartEnv(t testing.TB) *Env {
 		}
 	}
 	if err != nil {
-		if errors.Is(err, errNoBinaries) && os.Getenv("CI") == "" {
+		if errors.Is(err, ErrNoBinaries) && os.Getenv("CI") == "" {
 			t.Skipf("%v (CI is unset, so skipping)", err)
 		}
 		t.Fatal(err)
