@@ -53,6 +53,7 @@ from 198.18.0.0/15 only; the root network namespace is not changed.
 	}
 	up.Flags().IntVar(&cfg.Nodes, "nodes", 2, "worker nodes")
 	up.Flags().StringVar(&cfg.Routing, "routing", "tunnel", "pod routing between nodes: tunnel (VXLAN) or native")
+	up.Flags().BoolVar(&cfg.KubeProxy, "kube-proxy", false, "run kube-proxy (iptables) on every node instead of Sigil's eBPF service load-balancer")
 	up.Flags().StringArrayVar(&cfg.HelmValues, "set", nil, "extra chart value for helm install (KEY=VALUE, repeatable)")
 
 	down := &cobra.Command{

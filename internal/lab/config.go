@@ -44,6 +44,10 @@ type Config struct {
 	// KubeBin holds kube-apiserver, etcd, kubelet... and helm (default:
 	// hack/k8s-binaries.sh's cache, built when missing).
 	KubeBin string
+	// KubeProxy runs kube-proxy (iptables mode) on every node and installs
+	// Sigil with kubeProxyReplacement=false: Services are kube-proxy's, and
+	// Sigil judges pods' egress to them after its DNAT.
+	KubeProxy bool
 	// SigilBinary is the sigil CLI that runs the API proxy (`sigil lab
 	// proxy`); default: the running executable.
 	SigilBinary string

@@ -170,6 +170,7 @@ func (l *Lab) HelmValues() []string {
 		"ipam.operator.clusterPoolIPv4MaskSize=24",
 		"routingMode=" + c.Routing,
 		"serviceCIDRs={" + ServiceCIDR.String() + "}",
+		fmt.Sprintf("kubeProxyReplacement=%v", !l.state.KubeProxy),
 		"agent.perNodeHostPaths=true",
 		"agent.pinDir=" + c.pinDir(),
 		"agent.stateDir=" + filepath.Join(c.Dir, "agent-state"),

@@ -94,11 +94,14 @@ func TestLabE2E(t *testing.T) {
 	})
 }
 
-// TestLabNative is a lab with native routing (pods routed by the underlay,
-// no tunnel): the fixture without policy and through a few cyclonus cases.
-func TestLabNative(t *testing.T) {
+// TestLabNativeKubeProxy is a lab with native routing (pods routed by the
+// underlay, no tunnel) and the real kube-proxy handling Services: the
+// fixture through a few cyclonus cases, and ClusterIPs with policy judged
+// on the backend (kube-proxy DNATs in the host; Sigil judges egress after
+// it).
+func TestLabNativeKubeProxy(t *testing.T) {
 	cfg := requireLab(t)
-	cfg.Name, cfg.Routing = "sgl-native", RoutingNative
+	cfg.Name, cfg.Routing, cfg.KubeProxy = "sgl-native", RoutingNative, true
 	l, err := Up(context.Background(), cfg, newTestWriter(t))
 	if l != nil {
 		t.Cleanup(func() { downAndCheck(t, l) })
@@ -106,7 +109,9 @@ func TestLabNative(t *testing.T) {
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
-	testCyclonus(t, l, fixturePods(t, l), 3)
+	pods := fixturePods(t, l)
+	t.Run("cyclonus", func(t *testing.T) { testCyclonus(t, l, pods, 3) })
+	t.Run("service", func(t *testing.T) { testService(t, l, pods) })
 }
 
 // testWriter logs whole lines through t.
@@ -437,8 +442,29 @@ func testService(t *testing.T, l *Lab, pods []Pod) {
 	if err := c.Create(ctx, np); err != nil {
 		t.Fatal(err)
 	}
-	defer c.Delete(ctx, np)
 	checkMatrix(t, l, clients, targets, [][]bool{{true, true}, {true, true}, {false, false}}, "ClusterIP "+vip+" with b-from-x")
+	if err := c.Delete(ctx, np); err != nil {
+		t.Fatal(err)
+	}
+	// Egress is judged on the backend too: x/c may only reach pod b, which
+	// it does through b's ClusterIP (not a pod address), while x/a's egress
+	// allows only pod c, so b's ClusterIP is closed to it.
+	egress := func(name, pod, to string) *networkingv1.NetworkPolicy {
+		return &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": pod}},
+				Egress: []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{
+					{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": to}}}}}},
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			}}
+	}
+	for _, p := range []*networkingv1.NetworkPolicy{egress("c-to-b", "c", "b"), egress("a-to-c", "a", "c")} {
+		if err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Delete(ctx, p)
+	}
+	checkMatrix(t, l, clients, targets, [][]bool{{false, false}, {true, true}, {true, true}}, "ClusterIP "+vip+" with egress policies")
 }
 
 func findPod(t *testing.T, pods []Pod, name string) Pod {

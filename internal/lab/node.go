@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sigil-net/sigil/internal/kubeproxy"
 )
 
 // PauseImage is the sandbox image every node's containerd uses; the lab
@@ -235,12 +237,29 @@ func (s *State) startNode(ctx context.Context, c Config, p pki, n Node) error {
 	if err := p.writeKubeconfig(kubeconfig, server, "system:node:"+n.Name); err != nil {
 		return err
 	}
-	_, err = s.startProcess(n.Name+"-kubelet", n.NetNS, []string{filepath.Join(c.KubeBin, "kubelet"),
+	if _, err := s.startProcess(n.Name+"-kubelet", n.NetNS, []string{filepath.Join(c.KubeBin, "kubelet"),
 		"--config=" + kcfg, "--kubeconfig=" + kubeconfig,
 		"--root-dir=" + filepath.Join(n.Root, "kubelet"), "--cert-dir=" + filepath.Join(n.Root, "kubelet", "pki"),
 		"--hostname-override=" + n.Name, "--node-ip=" + n.IP,
 		"--node-labels=sigil.io/lab=" + c.Name, "--v=1",
-	}, nil)
+	}, nil); err != nil {
+		return err
+	}
+	if !c.KubeProxy {
+		return nil
+	}
+	bin, err := kubeproxy.Find(c.KubeBin)
+	if err != nil {
+		return err
+	}
+	kpConfig := filepath.Join(n.Root, "kube-proxy.kubeconfig")
+	if err := p.writeKubeconfig(kpConfig, server, "system:kube-proxy"); err != nil {
+		return err
+	}
+	// The flags leave the host's conntrack sysctls alone; its chains live
+	// in the node's namespace and go with it.
+	args := kubeproxy.Config{Kubeconfig: kpConfig, NodeName: n.Name, ClusterCIDR: PodPool.String(), Verbosity: 1}.Args()
+	_, err = s.startProcess(n.Name+"-kube-proxy", n.NetNS, append([]string{bin}, args...), nil)
 	return err
 }
 

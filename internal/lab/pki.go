@@ -95,6 +95,8 @@ func newPKI(dir string, nodes []string) (pki, error) {
 		{"admin", "system:masters"},
 		{"system:kube-controller-manager", ""},
 		{"system:kube-scheduler", ""},
+		// Bound to system:node-proxier by the API server's default RBAC.
+		{"system:kube-proxy", ""},
 	}
 	for _, n := range nodes {
 		users = append(users, struct{ name, groups string }{"system:node:" + n, "system:nodes"})

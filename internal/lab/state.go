@@ -16,6 +16,8 @@ type State struct {
 	Dir     string `json:"dir"`
 	Nodes   []Node `json:"nodes"`
 	Routing string `json:"routing"`
+	// KubeProxy: kube-proxy handles Services (Config.KubeProxy).
+	KubeProxy bool `json:"kubeProxy,omitempty"`
 	// HelmValues are the extra chart values given to up.
 	HelmValues []string `json:"helmValues,omitempty"`
 	// KubeBin is the folder of the Kubernetes binaries and helm in use.

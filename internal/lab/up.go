@@ -61,7 +61,8 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 	logs := filepath.Join(c.Dir, "logs")
 	os.RemoveAll(logs + ".prev")
 	os.Rename(logs, logs+".prev")
-	s := &State{Name: c.Name, Dir: c.Dir, Routing: c.Routing, KubeBin: c.KubeBin, HelmValues: c.HelmValues, path: c.statePath()}
+	s := &State{Name: c.Name, Dir: c.Dir, Routing: c.Routing, KubeBin: c.KubeBin, HelmValues: c.HelmValues,
+		KubeProxy: c.KubeProxy, path: c.statePath()}
 	for i := 1; i <= c.Nodes; i++ {
 		name := c.nodeName(i)
 		root := filepath.Join(c.Dir, "nodes", name)
@@ -128,7 +129,11 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 	if err := k.waitNodesRegistered(ctx, nodeNames, 2*time.Minute); err != nil {
 		return fail(l.withProcessHint(err))
 	}
-	l.step("helm install sigil (routing %s)", c.Routing)
+	services := "Sigil's eBPF load-balancer"
+	if c.KubeProxy {
+		services = "kube-proxy"
+	}
+	l.step("helm install sigil (routing %s, services by %s)", c.Routing, services)
 	if err := l.helm(ctx, "install"); err != nil {
 		return fail(err)
 	}
@@ -159,6 +164,7 @@ func Open(cfg Config, out io.Writer) (*Lab, error) {
 	}
 	c.Routing = s.Routing
 	c.Nodes = len(s.Nodes)
+	c.KubeProxy = s.KubeProxy
 	if c.KubeBin == "" {
 		c.KubeBin = s.KubeBin
 	}
