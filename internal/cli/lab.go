@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -141,15 +142,19 @@ from 198.18.0.0/15 only; the root network namespace is not changed.
 
 func printLabUsage(cmd *cobra.Command, l *lab.Lab) {
 	c := l.Config()
-	fmt.Fprintf(cmd.OutOrStdout(), `
-The lab is up: %d nodes, %s routing, Sigil installed by helm in %s.
-
-  export KUBECONFIG=%s
-  kubectl get nodes -o wide
-  kubectl -n %s get pods -o wide
-  sigil lab demo                       # pods, a policy, and what it changed
-  sigil --node %s status               # Sigil on a node (through the API server)
-  sigil lab down                       # stop and remove everything
-
-`, c.Nodes, c.Routing, lab.SigilNamespace, c.Kubeconfig(), lab.SigilNamespace, l.State().Nodes[0].Name)
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "\nThe lab is up: %d nodes, %s routing, Sigil installed by helm in %s.\n\n", c.Nodes, c.Routing, lab.SigilNamespace)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, line := range [][2]string{
+		{"export KUBECONFIG=" + c.Kubeconfig(), ""},
+		{"kubectl get nodes -o wide", ""},
+		{"kubectl -n " + lab.SigilNamespace + " get pods -o wide", ""},
+		{"sigil lab demo", "# pods, policies, and what they changed"},
+		{"sigil --node " + l.State().Nodes[0].Name + " status", "# Sigil on a node, through the API server"},
+		{"sigil lab down", "# stop and remove everything"},
+	} {
+		fmt.Fprintf(tw, "  %s\t%s\n", line[0], line[1])
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
 }

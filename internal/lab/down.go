@@ -30,7 +30,9 @@ func (l *Lab) Down() error {
 	// Kubelets first, so nothing restarts what goes next.
 	for _, n := range s.Nodes {
 		if p, ok := byName[n.Name+"-kubelet"]; ok {
-			l.step("stopping %s", p.Name)
+			if p.alive() {
+				l.step("stopping %s", p.Name)
+			}
 			note(p.stop(10 * time.Second))
 		}
 	}

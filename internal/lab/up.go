@@ -40,7 +40,21 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 		return nil, err
 	}
 	if old, err := loadState(c.statePath()); err == nil {
-		return nil, fmt.Errorf("a lab is already recorded in %s (%d processes, ready=%v): run `sigil lab down` first", old.path, len(old.Processes), old.Ready)
+		alive := 0
+		for _, p := range old.Processes {
+			if p.alive() {
+				alive++
+			}
+		}
+		if alive > 0 {
+			return nil, fmt.Errorf("a lab is already up (%s: %d of its processes run): use it, or `sigil lab down` first", old.path, alive)
+		}
+		// Left by a lab that is gone (a reboot, a killed up): clean up
+		// what it recorded, then start afresh.
+		fmt.Fprintf(out, "lab: the lab recorded in %s is not running; removing what it left\n", old.path)
+		if err := (&Lab{cfg: c, state: old, out: out}).Down(); err != nil {
+			return nil, fmt.Errorf("cleaning up the previous lab: %w", err)
+		}
 	}
 	if err := checkHostTools(); err != nil {
 		return nil, err
