@@ -25,10 +25,15 @@
  *   local_ingress:  judges the deferred egress of pods' packets the stack
  *                   translated to the node's own addresses (delivered
  *                   locally, past every tc hook).
- * On the node's devices towards other nodes (deferred services only):
- *   to_netdev:      tc egress: judges the deferred egress of pods' packets
- *                   the stack translated to a backend elsewhere; all
- *                   other packets pass at once.
+ * On the node's devices towards other nodes (native routing):
+ *   from_netdev:    tc ingress: a packet from another node for a local pod
+ *                   is judged by the pod's ingress policy, with the source
+ *                   identity from the ipcache, and redirected straight into
+ *                   the pod, skipping the host stack (as from_overlay does in
+ *                   tunnel mode); everything else goes up the stack.
+ *   to_netdev:      tc egress (deferred services only): judges the deferred
+ *                   egress of pods' packets the stack translated to a
+ *                   backend elsewhere; all other packets pass at once.
  * Services: with CFG_LB_TC, from_container translates packets for a service
  * frontend to a backend (lb4_dnat) and the client's ingress hooks restore
  * the frontend as the replies' source (rev_nat4); with CFG_SVC_DEFER, packets
@@ -640,6 +645,58 @@ static __always_inline int handle_to_netdev(struct __sk_buff *skb)
 	return SIGIL_PASS;
 }
 
+/* handle_from_netdev, on the ingress of the node's native-routing devices,
+ * delivers a packet from another node for a local pod straight into the pod:
+ * the pod's ingress is judged as to_container would judge it after the host
+ * stack (the same judge, conntrack entries and events; the source identity
+ * from the ipcache), and an allowed packet is redirected into the pod
+ * (deliver_local) without crossing the stack's routing and netfilter. As in
+ * from_overlay, the TTL is not decremented: the node is no routing hop.
+ * Everything else goes up the stack untouched, to be routed and judged
+ * there as before: packets not addressed to this node's MAC, not for a
+ * local endpoint with known MACs, fragments, packets parse_ipv4 refuses
+ * (to_container reports them), and replies of flows the host stack
+ * translated (CT_F_VIA_STACK: its reverse NAT is needed). */
+static __always_inline int handle_from_netdev(struct __sk_buff *skb)
+{
+	const struct runtime_config *cfg = config_get();
+	const struct endpoint_info *ep;
+	struct verdict_ctx v = { .dir = DIR_INGRESS };
+	struct ct_state st;
+	struct pkt4 p = {};
+	struct iphdr ip;
+	__u64 now;
+	__u8 reason;
+
+	if (skb->pkt_type != PACKET_HOST || tunnel_mode(cfg) || (skb->mark & SIGIL_MARK_DEFER))
+		return SIGIL_PASS;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return SIGIL_PASS;
+	/* Fragments go up the stack whole: its reassembly and the
+	 * first-fragment tracking in to_container stay as they were. */
+	if (ip.version != 4 || (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFSET)))
+		return SIGIL_PASS;
+	ep = endpoint_lookup4(ip.daddr);
+	if (!ep || !mac_known(ep->mac) || !mac_known(ep->node_mac))
+		return SIGIL_PASS;
+	if (parse_ipv4(skb, &p))
+		return SIGIL_PASS;
+
+	now = bpf_ktime_get_coarse_ns();
+	reason = judge(skb, cfg, &p, ep, DIR_INGRESS, IDENTITY_ANY, now, &v, &st, 0, 0);
+	if (reason)
+		return drop(skb, &p, &v, reason);
+	if (st.flags & CT_F_VIA_STACK) {
+		/* A reply of a flow this node's stack translated: up the
+		 * stack for its reverse NAT, then to_container. */
+		return SIGIL_PASS;
+	}
+	reason = rev_nat4(skb, &p, &st, now);
+	if (reason)
+		return drop(skb, &p, &v, reason);
+	return deliver_local(skb, ep);
+}
+
 static __always_inline int only_ipv4(struct __sk_buff *skb, __u8 dir)
 {
 	struct verdict_ctx v = { .dir = dir };
@@ -715,4 +772,14 @@ int to_netdev(struct __sk_buff *skb)
 	if (!(skb->mark & SIGIL_MARK_DEFER) || skb->protocol != bpf_htons(ETH_P_IP))
 		return SIGIL_PASS;
 	return handle_to_netdev(skb);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	/* Only IPv4 for a local pod; everything else (ARP, IPv6, the node's
+	 * own traffic) up the stack as before. */
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return SIGIL_PASS;
+	return handle_from_netdev(skb);
 }
