@@ -107,6 +107,9 @@ func (c *mcluster) install(t *testing.T, n *mnode) {
 			netip.PrefixFrom(remote.underlay, 32): remote.underlay}))
 	} else {
 		must(n.h.SyncRoutes([]datapath.PodRoute{{Dst: remote.podCIDR, Via: remote.underlay}}))
+		// As the agent's overlay does: from_netdev on the device the
+		// other node's pod traffic arrives on.
+		must(n.h.AttachNativeIngress("ul0", n.tn.NS.IfIndex(t, "ul0")))
 	}
 	must(n.h.SetRuntimeConfig(rc))
 	for _, p := range n.pods {
@@ -180,8 +183,26 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	for _, n := range c.nodes {
 		n.h.Conntrack.Flush(nil)
 	}
+	if mode == datapath.RoutingNative {
+		// Count what node 2's stack forwards to cc: with from_netdev
+		// nothing of a's traffic to cc is (it is redirected into cc).
+		n2.tn.NS.MustRun(t, "iptables", "-I", "FORWARD", "-d", cc.IP.String()+"/32", "-m", "comment", "--comment", "sigil-test")
+	}
 	expect(t, "a -> cc:8080 allowed", a.NS.TCP(at(cc, 8080), okTimeout), true)
 	expect(t, "a -> cc:9090 denied", a.NS.TCP(at(cc, 9090), dropTimeout), false)
+	if mode == datapath.RoutingNative {
+		// Judged on node 2's underlay device, not on cc's host veth.
+		ul0 := uint32(n2.tn.NS.IfIndex(t, "ul0"))
+		ev := waitEvent(t, n2.h, func(e datapath.FlowEvent) bool {
+			return e.Verdict == datapath.VerdictDropped && e.DstPort == 9090 && e.Src == a.IP
+		})
+		if ev.IfIndex != ul0 || ev.SrcIdentity != a.identity || ev.EndpointID != cc.epID || ev.Reason != datapath.DropPolicyDefault {
+			t.Errorf("drop event %+v: want cc's ingress judged on ul0 (ifindex %d) with a's identity", ev, ul0)
+		}
+		if fwd := forwardedTo(t, n2, cc); fwd != 0 {
+			t.Errorf("node 2's stack forwarded %d packets to cc: want none (from_netdev delivers them)", fwd)
+		}
+	}
 	expect(t, "a -> cc udp denied", a.NS.UDP(at(cc, 8080), dropTimeout), false)
 	expect(t, "b -> cc:8080 denied", b.NS.TCP(at(cc, 8080), dropTimeout), false)
 	expect(t, "a -> b denied on the same node", a.NS.TCP(at(b, 8080), dropTimeout), false)
@@ -275,6 +296,8 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	if mode == datapath.RoutingTunnel {
 		_, err := dp.EnsureTunnel(datapath.DefaultTunnelDevice, datapath.DefaultTunnelPort, 1500-datapath.VXLANOverhead)
 		must(err)
+	} else {
+		must(dp.AttachNativeIngress("ul0", n2.tn.NS.IfIndex(t, "ul0")))
 	}
 	if err := testnet.Echo(est, okTimeout); err != nil {
 		t.Errorf("established connection broken by node 2's reload: %v", err)
@@ -294,4 +317,21 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 		}
 		must(n.h.SyncRoutes(nil))
 	}
+}
+
+// forwardedTo is how many packets node n's stack forwarded to p, by the
+// counting rule testMultiNode puts in its FORWARD chain.
+func forwardedTo(t *testing.T, n *mnode, p *mpod) int {
+	t.Helper()
+	out := n.tn.NS.MustRun(t, "iptables", "-L", "FORWARD", "-v", "-n", "-x")
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && strings.Contains(line, "sigil-test") && strings.Contains(line, p.IP.String()) {
+			var pkts int
+			fmt.Sscan(f[0], &pkts)
+			return pkts
+		}
+	}
+	t.Fatalf("no counting rule in FORWARD:\n%s", out)
+	return 0
 }
