@@ -98,6 +98,7 @@ type Overlay struct {
 	masqRemoved bool           // masquerading off and the chain removed
 	netdevs     map[string]int // devices with to_netdev attached (DeferServices)
 	ingressDevs map[string]int // devices with from_netdev attached (native)
+	fastOn      bool           // ConfigNativeFast set
 }
 
 // NewOverlay sets up the node's routing mode on a loaded datapath: in tunnel
@@ -116,6 +117,9 @@ func NewOverlay(dp *datapath.Datapath, cfg OverlayConfig) (*Overlay, error) {
 		return nil, err
 	}
 	if cfg.Mode == datapath.RoutingTunnel {
+		// Native routing's fast path is for native mode only; there it
+		// comes on once from_netdev is attached (Sync).
+		rc.Flags &^= datapath.ConfigNativeFast
 		idx, err := dp.EnsureTunnel(cfg.Device, cfg.Port, PodMTU(cfg.Mode, cfg.MTU))
 		if err != nil {
 			return nil, fmt.Errorf("overlay: %w", err)
@@ -310,6 +314,20 @@ func (o *Overlay) attachNetdevs(self string, nodes []OverlayNode) error {
 			}
 		}
 	}
+	if len(o.ingressDevs) > 0 && !o.fastOn {
+		// from_netdev is in place: flows with remote pods may skip the
+		// stack both ways from now on.
+		rc, err := o.dp.Config.Get()
+		if err == nil {
+			rc.Flags |= datapath.ConfigNativeFast
+			err = o.dp.SetRuntimeConfig(rc)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("native fast path: %w", err))
+		} else {
+			o.fastOn = true
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -355,7 +373,7 @@ func CleanupOverlay(dp *datapath.Datapath, device string) error {
 		errs = append(errs, dp.DetachNativeIngress(dev))
 	}
 	if rc, err := dp.Config.Get(); err == nil {
-		rc.Flags &^= datapath.ConfigTunnel
+		rc.Flags &^= datapath.ConfigTunnel | datapath.ConfigNativeFast
 		rc.TunnelIfIndex = 0
 		errs = append(errs, dp.SetRuntimeConfig(rc))
 	}

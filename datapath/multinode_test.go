@@ -108,8 +108,14 @@ func (c *mcluster) install(t *testing.T, n *mnode) {
 	} else {
 		must(n.h.SyncRoutes([]datapath.PodRoute{{Dst: remote.podCIDR, Via: remote.underlay}}))
 		// As the agent's overlay does: from_netdev on the device the
-		// other node's pod traffic arrives on.
+		// other node's pod traffic arrives on, then the fast path on.
 		must(n.h.AttachNativeIngress("ul0", n.tn.NS.IfIndex(t, "ul0")))
+		rc.Flags |= datapath.ConfigNativeFast
+		// kube-proxy's rule (iptables mode, without
+		// --conntrack-tcp-be-liberal): the stack drops what its conntrack
+		// calls INVALID, such as the half of a flow whose other half
+		// skipped the stack. Flows must take one path both ways.
+		n.tn.NS.MustRun(t, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
 	}
 	must(n.h.SetRuntimeConfig(rc))
 	for _, p := range n.pods {
@@ -184,9 +190,11 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 		n.h.Conntrack.Flush(nil)
 	}
 	if mode == datapath.RoutingNative {
-		// Count what node 2's stack forwards to cc: with from_netdev
-		// nothing of a's traffic to cc is (it is redirected into cc).
-		n2.tn.NS.MustRun(t, "iptables", "-I", "FORWARD", "-d", cc.IP.String()+"/32", "-m", "comment", "--comment", "sigil-test")
+		// Count what node 2's stack forwards to and from cc: with the
+		// fast path nothing of a's flows with cc (from_netdev redirects
+		// into cc, from_container out of ul0).
+		n2.tn.NS.MustRun(t, "iptables", "-I", "FORWARD", "-d", cc.IP.String()+"/32", "-m", "comment", "--comment", "sigil-test-to")
+		n2.tn.NS.MustRun(t, "iptables", "-I", "FORWARD", "-s", cc.IP.String()+"/32", "-m", "comment", "--comment", "sigil-test-from")
 	}
 	expect(t, "a -> cc:8080 allowed", a.NS.TCP(at(cc, 8080), okTimeout), true)
 	expect(t, "a -> cc:9090 denied", a.NS.TCP(at(cc, 9090), dropTimeout), false)
@@ -199,8 +207,8 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 		if ev.IfIndex != ul0 || ev.SrcIdentity != a.identity || ev.EndpointID != cc.epID || ev.Reason != datapath.DropPolicyDefault {
 			t.Errorf("drop event %+v: want cc's ingress judged on ul0 (ifindex %d) with a's identity", ev, ul0)
 		}
-		if fwd := forwardedTo(t, n2, cc); fwd != 0 {
-			t.Errorf("node 2's stack forwarded %d packets to cc: want none (from_netdev delivers them)", fwd)
+		if to, from := forwarded(t, n2, "sigil-test-to"), forwarded(t, n2, "sigil-test-from"); to != 0 || from != 0 {
+			t.Errorf("node 2's stack forwarded %d packets to cc, %d from cc: want none (the fast path carries a's flows)", to, from)
 		}
 	}
 	expect(t, "a -> cc udp denied", a.NS.UDP(at(cc, 8080), dropTimeout), false)
@@ -319,14 +327,14 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	}
 }
 
-// forwardedTo is how many packets node n's stack forwarded to p, by the
-// counting rule testMultiNode puts in its FORWARD chain.
-func forwardedTo(t *testing.T, n *mnode, p *mpod) int {
+// forwarded is how many packets node n's stack counted in the FORWARD rule
+// with comment, which testMultiNode put there.
+func forwarded(t *testing.T, n *mnode, comment string) int {
 	t.Helper()
 	out := n.tn.NS.MustRun(t, "iptables", "-L", "FORWARD", "-v", "-n", "-x")
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) > 0 && strings.Contains(line, "sigil-test") && strings.Contains(line, p.IP.String()) {
+		if len(f) > 0 && strings.Contains(line, "/* "+comment+" */") {
 			var pkts int
 			fmt.Sscan(f[0], &pkts)
 			return pkts

@@ -21,14 +21,14 @@ func toNode(p dt.Packet) []byte {
 }
 
 // TestFromNetdev: from_netdev, on a native-routing device's ingress, judges
-// a packet from another node for a local pod by the pod's ingress policy
+// a packet from a remote pod for a local pod by the pod's ingress policy
 // and redirects it into the pod with the pod's and its host veth's MACs;
 // denied packets are dropped with an event; everything it does not handle
-// goes up the stack untouched.
+// goes up the stack untouched. Flows are fast (CTFast) or not as a whole.
 func TestFromNetdev(t *testing.T) {
 	dt.RequireBPF(t)
 	h := setup(t, datapath.EndpointEnforceIngress|datapath.EndpointEnforceEgress,
-		datapath.RuntimeConfig{Flags: datapath.ConfigTraceNewFlows | datapath.ConfigAllowHostIngress})
+		datapath.RuntimeConfig{Flags: datapath.ConfigTraceNewFlows | datapath.ConfigAllowHostIngress | datapath.ConfigNativeFast})
 	// A is on loopback (ifindex 1) so that from_container runs for it too.
 	must := func(err error) {
 		t.Helper()
@@ -61,7 +61,8 @@ func TestFromNetdev(t *testing.T) {
 	otherHost := tcpSyn(ipB, ipA, 8080).Bytes() // addressed to another MAC
 	for _, tc := range []tcase{
 		{"denied port: dropped", toNode(tcpSyn(ipB, ipA, 9090)), dt.ActShot, datapath.DropPolicyDefault, true},
-		{"denied peer (world): dropped", toNode(tcpSyn(ipOut, ipA, 8080)), dt.ActShot, datapath.DropPolicyDefault, true},
+		{"from outside the cluster (world): up the stack", toNode(tcpSyn(ipOut, ipA, 8080)), dt.ActNext, 0, false},
+		{"from the node itself (host): up the stack", toNode(tcpSyn(ipHost, ipA, 8080)), dt.ActNext, 0, false},
 		{"unknown destination: up the stack", toNode(tcpSyn(ipB, ipC, 8080)), dt.ActNext, 0, false},
 		{"the node's own address: up the stack", toNode(tcpSyn(ipB, ipHost, 22)), dt.ActNext, 0, false},
 		{"local pod without known MACs: up the stack", toNode(tcpSyn(ipB, ipD, 8080)), dt.ActNext, 0, false},
@@ -114,7 +115,7 @@ func TestFromNetdev(t *testing.T) {
 		t.Errorf("established B -> A: action %d event %+v, want redirected quietly", r.Action, r.Event)
 	}
 	// The conntrack entry is the one to_container creates for the same
-	// packet (another source port: a flow of its own).
+	// packet (another source port: a flow of its own), but for CTFast.
 	other := syn
 	other.SrcPort = 40001
 	if r := h.Run(datapath.Ingress, other); !r.Allowed() {
@@ -125,15 +126,42 @@ func TestFromNetdev(t *testing.T) {
 	if !ok1 || !ok2 {
 		t.Fatalf("conntrack entries: from_netdev's found %v, to_container's found %v", ok1, ok2)
 	}
-	if viaNetdev.Tuple.Direction != viaStack.Tuple.Direction || viaNetdev.Flags != viaStack.Flags ||
+	if viaNetdev.Tuple.Direction != viaStack.Tuple.Direction || viaNetdev.Flags&^datapath.CTFast != viaStack.Flags ||
 		viaNetdev.SrcIdentity != viaStack.SrcIdentity || viaNetdev.DstIdentity != viaStack.DstIdentity ||
 		viaNetdev.Cookie != viaStack.Cookie || viaNetdev.Packets != 2 {
 		t.Errorf("from_netdev's entry %+v differs from to_container's %+v", viaNetdev, viaStack)
 	}
+	if viaNetdev.Flags&datapath.CTFast == 0 || viaStack.Flags&datapath.CTFast != 0 {
+		t.Errorf("fast flag: from_netdev's entry %#x, to_container's %#x; want only from_netdev's", viaNetdev.Flags, viaStack.Flags)
+	}
 	// A's reply leaves through from_container: conntrack lets it out
-	// although A's egress allows nothing.
+	// although A's egress allows nothing. (Here the FIB has no answer,
+	// forwarding being off in this namespace: it goes to the stack.)
 	if r := h.Run(datapath.Egress, syn.Reply()); !r.Allowed() {
 		t.Errorf("A's reply to B: %s, want allowed as a reply", r.Reason())
+	}
+	// A flow the stack carried so far (to_container's) stays there: its
+	// next packet from B goes up the stack, not into A.
+	ack2 := other
+	ack2.TCPFlags = dt.ACK
+	if r := h.RunProg(fromNetdev, toNode(ack2), 0); r.Action != dt.ActNext || r.Event != nil {
+		t.Errorf("B -> A on a flow the stack carried: action %d event %+v, want up the stack", r.Action, r.Event)
+	}
+	// A's own new flow to B is tracked as fast (so B's replies come
+	// through from_netdev); one to the world is not.
+	h.SetPolicy(epA, entries(allow(idB, datapath.Ingress, tcp, 8080, 16), allow(idB, datapath.Ingress, udp, 53, 16),
+		allow(datapath.IdentityAny, datapath.Egress, tcp, 443, 16)))
+	for _, dst := range []netip.Addr{ipB, ipOut} {
+		if r := h.Run(datapath.Egress, tcpSyn(ipA, dst, 443)); !r.Allowed() {
+			t.Fatalf("A -> %s:443: %s", dst, r.Reason())
+		}
+		e, ok := ctEntry(t, h, func(e datapath.CTEntry) bool { return e.Tuple.Dst == dst && e.Tuple.DstPort == 443 })
+		if want := dst == ipB; !ok || (e.Flags&datapath.CTFast != 0) != want {
+			t.Errorf("A -> %s:443: entry %+v (found %v), want fast %v", dst, e, ok, want)
+		}
+	}
+	if r := h.RunProg(fromNetdev, toNode(tcpSyn(ipA, ipB, 443).Reply()), 0); r.Action != dt.ActRedirect {
+		t.Errorf("B's reply to A's fast flow: action %d (%s), want redirected into A", r.Action, r.Reason())
 	}
 	// UDP too.
 	dns := dt.Packet{Src: ipB, Dst: ipA, Proto: 17, SrcPort: 5353, DstPort: 53, Payload: []byte("q")}
@@ -141,10 +169,13 @@ func TestFromNetdev(t *testing.T) {
 		t.Errorf("B -> A:53/udp: action %d (%s), want redirected", r.Action, r.Reason())
 	}
 
-	// In tunnel mode the program passes everything (from_overlay judges).
-	must(h.SetRuntimeConfig(datapath.RuntimeConfig{Flags: datapath.ConfigTunnel, TunnelIfIndex: 1}))
-	if r := h.RunProg(fromNetdev, toNode(tcpSyn(ipB, ipA, 9090)), 0); r.Action != dt.ActNext || r.Event != nil {
-		t.Errorf("tunnel mode: action %d event %+v, want passed", r.Action, r.Event)
+	// Without ConfigNativeFast, or in tunnel mode (from_overlay judges
+	// there), the program passes everything.
+	for _, rc := range []datapath.RuntimeConfig{{}, {Flags: datapath.ConfigNativeFast | datapath.ConfigTunnel, TunnelIfIndex: 1}} {
+		must(h.SetRuntimeConfig(rc))
+		if r := h.RunProg(fromNetdev, toNode(tcpSyn(ipB, ipA, 9090)), 0); r.Action != dt.ActNext || r.Event != nil {
+			t.Errorf("flags %#x: action %d event %+v, want passed", rc.Flags, r.Action, r.Event)
+		}
 	}
 }
 
@@ -154,7 +185,7 @@ func TestFromNetdev(t *testing.T) {
 func TestFromNetdevViaStack(t *testing.T) {
 	dt.RequireBPF(t)
 	h := setup(t, datapath.EndpointEnforceEgress|datapath.EndpointEnforceIngress,
-		datapath.RuntimeConfig{Flags: datapath.ConfigServiceDefer, ServiceCIDRs: []netip.Prefix{svcNet}})
+		datapath.RuntimeConfig{Flags: datapath.ConfigServiceDefer | datapath.ConfigNativeFast, ServiceCIDRs: []netip.Prefix{svcNet}})
 	h.SetPolicy(epA, entries(allow(idB, datapath.Egress, tcp, 8080, 16)))
 	if err := h.Endpoints.Upsert(ipA, datapath.EndpointInfo{ID: epA, IfIndex: 1, Identity: idA, MAC: macA, NodeMAC: macGw,
 		Flags: datapath.EndpointEnforceEgress | datapath.EndpointEnforceIngress}); err != nil {

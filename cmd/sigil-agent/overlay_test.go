@@ -154,6 +154,10 @@ func testDeferredServicesDevices(t *testing.T, mode datapath.RoutingMode) {
 	if devs, err := d.NativeIngressDevices(); err != nil || len(devs) != wantIn || wantIn == 1 && devs[0] != "ul0" {
 		t.Fatalf("from_netdev devices %v, %v; want %d (ul0)", devs, err, wantIn)
 	}
+	// The fast path is on once from_netdev is (native mode only).
+	if rc, err := d.Config.Get(); err != nil || (rc.Flags&datapath.ConfigNativeFast != 0) != (wantIn == 1) {
+		t.Errorf("runtime flags %#x, %v: want ConfigNativeFast %v", rc.Flags, err, wantIn == 1)
+	}
 	// Neither is an endpoint interface (restore would detach it as stale).
 	if ifs, err := d.AttachedInterfaces(); err != nil || slices.Contains(ifs, "ul0") || slices.ContainsFunc(ifs, func(s string) bool { return strings.HasPrefix(s, "ul0-") }) {
 		t.Errorf("endpoint interfaces %v, %v: the native device's programs are listed", ifs, err)
@@ -174,6 +178,9 @@ func testDeferredServicesDevices(t *testing.T, mode datapath.RoutingMode) {
 	}
 	if devs, err := d.NativeIngressDevices(); err != nil || len(devs) != 0 {
 		t.Errorf("from_netdev devices after cleanup %v, %v", devs, err)
+	}
+	if rc, err := d.Config.Get(); err != nil || rc.Flags&datapath.ConfigNativeFast != 0 {
+		t.Errorf("runtime flags after cleanup %#x, %v: fast path still on", rc.Flags, err)
 	}
 	if _, err := os.Stat(localPin); !os.IsNotExist(err) {
 		t.Errorf("local_ingress still attached after cleanup: %v", err)
