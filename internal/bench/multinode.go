@@ -277,8 +277,20 @@ func programNode(cl *Cleanup, p *mnPair, i int, mode datapath.RoutingMode) error
 		if err := dp.SyncRoutes([]datapath.PodRoute{{Dst: mnPodCIDR[remote], Device: datapath.DefaultTunnelDevice}}); err != nil {
 			return err
 		}
-	} else if err := dp.SyncRoutes([]datapath.PodRoute{{Dst: mnPodCIDR[remote], Via: mnUnderlay[remote]}}); err != nil {
-		return err
+	} else {
+		if err := dp.SyncRoutes([]datapath.PodRoute{{Dst: mnPodCIDR[remote], Via: mnUnderlay[remote]}}); err != nil {
+			return err
+		}
+		// As the agent's overlay does: from_netdev on the underlay, then
+		// the fast path on.
+		ifIndex, err := n.NS.InterfaceIndex("ul0")
+		if err != nil {
+			return err
+		}
+		if err := dp.AttachNativeIngress("ul0", ifIndex); err != nil {
+			return err
+		}
+		rc.Flags |= datapath.ConfigNativeFast
 	}
 	if err := dp.SetRuntimeConfig(rc); err != nil {
 		return err
@@ -357,7 +369,8 @@ func (r *MultinodeReport) Markdown(command string) string {
 		"no BPF), node to node. The Sigil rows carry pod to pod traffic, which also crosses each pod's veth pair; the " +
 		"\"same pods without Sigil\" rows (plain routing, and a Flannel-style kernel VXLAN) carry the same pod to pod " +
 		"traffic with no programs, so the last column is what Sigil itself costs. Sigil: a pod on each node, programmed as the agent does, with Sigil's per-endpoint programs, " +
-		"flow events and (tunnel) the VXLAN device with identity in the VNI; the pods' MTU leaves room for the encapsulation. " +
+		"flow events, (tunnel) the VXLAN device with identity in the VNI (the pods' MTU leaves room for the encapsulation), " +
+		"(native) from_netdev on the underlay and the fast path on. " +
 		"Figures as in the datapath benchmark (iperf3, 1-byte RR, CRR with 2 clients).\n")
 	return b.String()
 }
