@@ -520,7 +520,7 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 	}
 
 	/* A new flow with a remote pod skips the stack both ways. */
-	if (native_fast(cfg) && !p.has_inner && remote_pod4(p.daddr))
+	if (native_fast(cfg) && remote_pod4(p.daddr))
 		fast = CT_F_FAST;
 
 	/* Policy judges the packet as it leaves: after any translation, so
@@ -549,9 +549,20 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 			return encap(skb, cfg, node, ep->identity);
 	}
 	/* Its own new flow, or one tracked as fast (a remote pod's flow
-	 * that from_netdev delivered, replied to here). */
-	if (fast && (st.status == CT_NEW || (st.flags & CT_F_FAST)))
-		return redirect_netdev(skb, &p);
+	 * that from_netdev delivered, replied to here), or an ICMP error
+	 * about a fast flow: the path the flow takes. */
+	if (fast) {
+		__u8 flags = 0;
+
+		if (st.status == CT_RELATED)
+			ct4_related_peek(&p, DIR_EGRESS, now, &flags);
+		else if (st.status == CT_NEW)
+			flags = CT_F_FAST;
+		else
+			flags = st.flags;
+		if (flags & CT_F_FAST)
+			return redirect_netdev(skb, &p);
+	}
 	return SIGIL_PASS;
 }
 
@@ -703,11 +714,13 @@ static __always_inline int handle_to_netdev(struct __sk_buff *skb)
  * routing and netfilter. As in from_overlay, the TTL is not decremented.
  * Everything else goes up the stack untouched, to be routed and judged
  * there as before: packets not addressed to this node's MAC, not for a
- * local endpoint with known MACs, not from a remote pod, fragments, ICMP
- * errors, packets parse_ipv4 refuses (to_container reports them), and
- * packets of flows tracked without CT_F_FAST (they crossed the stack so
- * far, e.g. replies of flows the stack translated, or flows older than
- * the fast path: they stay there, see native_fast). */
+ * local endpoint with known MACs, not from a remote pod, fragments, packets
+ * parse_ipv4 refuses (to_container reports them), and packets of flows
+ * tracked without CT_F_FAST (they crossed the stack so far, e.g. replies
+ * of flows the stack translated, or flows older than the fast path: they
+ * stay there, see native_fast). An ICMP error takes the path of the flow it
+ * is about, whoever sent it (a node or router on the way too): fast only
+ * for a CT_F_FAST flow. */
 static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 {
 	const struct runtime_config *cfg = config_get();
@@ -728,14 +741,23 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 	if (ip.version != 4 || (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFSET)))
 		return SIGIL_PASS;
 	ep = endpoint_lookup4(ip.daddr);
-	if (!ep || !mac_known(ep->mac) || !mac_known(ep->node_mac) || !remote_pod4(ip.saddr))
+	if (!ep || !mac_known(ep->mac) || !mac_known(ep->node_mac))
 		return SIGIL_PASS;
-	if (parse_ipv4(skb, &p) || p.has_inner)
+	if (ip.protocol != IPPROTO_ICMP && !remote_pod4(ip.saddr))
+		return SIGIL_PASS;
+	if (parse_ipv4(skb, &p))
 		return SIGIL_PASS;
 
 	now = bpf_ktime_get_coarse_ns();
-	if (ct4_peek(&p, DIR_INGRESS, now, &flags) && !(flags & CT_F_FAST))
-		return SIGIL_PASS;
+	if (p.has_inner) {
+		if (!ct4_related_peek(&p, DIR_INGRESS, now, &flags) || !(flags & CT_F_FAST))
+			return SIGIL_PASS;
+	} else {
+		if (ip.protocol == IPPROTO_ICMP && !remote_pod4(ip.saddr))
+			return SIGIL_PASS;
+		if (ct4_peek(&p, DIR_INGRESS, now, &flags) && !(flags & CT_F_FAST))
+			return SIGIL_PASS;
+	}
 	reason = judge(skb, cfg, &p, ep, DIR_INGRESS, IDENTITY_ANY, now, &v, &st, CT_F_FAST, 0);
 	if (!reason)
 		reason = rev_nat4(skb, &p, &st, now);

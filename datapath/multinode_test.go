@@ -1,10 +1,12 @@
 package datapath_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,6 +177,9 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	expect(t, "cross-node tcp", a.NS.TCP(at(cc, 8080), okTimeout), true)
 	expect(t, "cross-node udp", a.NS.UDP(at(cc, 8080), okTimeout), true)
 	expect(t, "cross-node icmp", a.NS.Ping(cc.IP.String()), true)
+	// An ICMP error takes its flow's path: a's UDP to a closed port on cc
+	// is refused (cc's port unreachable reaches a's socket).
+	expect(t, "cross-node udp to a closed port refused", udpRefused(a, at(cc, 7777)), true)
 	expect(t, "same-node tcp", a.NS.TCP(at(b, 8080), okTimeout), true)
 	expect(t, "same-node icmp", a.NS.Ping(b.IP.String()), true)
 
@@ -342,4 +347,24 @@ func forwarded(t *testing.T, n *mnode, comment string) int {
 	}
 	t.Fatalf("no counting rule in FORWARD:\n%s", out)
 	return 0
+}
+
+// udpRefused sends a datagram from p to addr and reports nil when the
+// answer is an ICMP port unreachable (ECONNREFUSED on the socket).
+func udpRefused(p *mpod, addr string) error {
+	return p.NS.Do(func() error {
+		c, err := net.Dial("udp4", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(okTimeout))
+		if _, err := c.Write([]byte("x")); err != nil {
+			return err
+		}
+		if _, err = c.Read(make([]byte, 8)); errors.Is(err, syscall.ECONNREFUSED) {
+			return nil
+		}
+		return fmt.Errorf("read: %v, want connection refused", err)
+	})
 }

@@ -163,6 +163,20 @@ func TestFromNetdev(t *testing.T) {
 	if r := h.RunProg(fromNetdev, toNode(tcpSyn(ipA, ipB, 443).Reply()), 0); r.Action != dt.ActRedirect {
 		t.Errorf("B's reply to A's fast flow: action %d (%s), want redirected into A", r.Action, r.Reason())
 	}
+	// An ICMP error takes the path of the flow it is about, whoever sends
+	// it (here a router in the world): into A for the fast flow, up the
+	// stack for the one to the world.
+	for _, dst := range []netip.Addr{ipB, ipOut} {
+		about := tcpSyn(ipA, dst, 443)
+		unreach := dt.Packet{Src: ipOut, Dst: ipA, Proto: 1, ICMPType: 3, ICMPCode: 1, ICMPInner: &about}
+		want := dt.ActNext
+		if dst == ipB {
+			want = dt.ActRedirect
+		}
+		if r := h.RunProg(fromNetdev, toNode(unreach), 0); r.Action != want || r.Event != nil {
+			t.Errorf("ICMP error about A -> %s:443: action %d event %+v, want action %d", dst, r.Action, r.Event, want)
+		}
+	}
 	// UDP too.
 	dns := dt.Packet{Src: ipB, Dst: ipA, Proto: 17, SrcPort: 5353, DstPort: 53, Payload: []byte("q")}
 	if r := h.RunProg(fromNetdev, toNode(dns), 0); r.Action != dt.ActRedirect {
