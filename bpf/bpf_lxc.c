@@ -519,8 +519,9 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 		}
 	}
 
-	/* A new flow with a remote pod skips the stack both ways. */
-	if (native_fast(cfg) && remote_pod4(p.daddr))
+	/* A new flow with a remote pod skips the stack both ways: only from
+	 * a pod from_netdev can deliver to (known MACs). */
+	if (native_fast(cfg) && mac_known(ep->mac) && mac_known(ep->node_mac) && remote_pod4(p.daddr))
 		fast = CT_F_FAST;
 
 	/* Policy judges the packet as it leaves: after any translation, so

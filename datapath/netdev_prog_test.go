@@ -160,6 +160,15 @@ func TestFromNetdev(t *testing.T) {
 			t.Errorf("A -> %s:443: entry %+v (found %v), want fast %v", dst, e, ok, want)
 		}
 	}
+	// D, whose MACs from_netdev would not know, keeps its flows on the
+	// stack both ways.
+	h.SetPolicy(14, entries(allow(datapath.IdentityAny, datapath.Egress, tcp, 443, 16)))
+	if r := h.Run(datapath.Egress, tcpSyn(ipD, ipB, 443)); !r.Allowed() {
+		t.Fatalf("D -> B:443: %s", r.Reason())
+	}
+	if e, ok := ctEntry(t, h, func(e datapath.CTEntry) bool { return e.Tuple.Src == ipD }); !ok || e.Flags&datapath.CTFast != 0 {
+		t.Errorf("D -> B:443: entry %+v (found %v), want not fast", e, ok)
+	}
 	if r := h.RunProg(fromNetdev, toNode(tcpSyn(ipA, ipB, 443).Reply()), 0); r.Action != dt.ActRedirect {
 		t.Errorf("B's reply to A's fast flow: action %d (%s), want redirected into A", r.Action, r.Reason())
 	}
