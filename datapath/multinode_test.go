@@ -41,6 +41,13 @@ type mpod struct {
 
 func newMCluster(t *testing.T, mode datapath.RoutingMode) *mcluster {
 	t.Helper()
+	return newMClusterAttach(t, mode, datapath.AttachAuto)
+}
+
+// newMClusterAttach is newMCluster with the programs attached as attach
+// says (TCX or tc).
+func newMClusterAttach(t *testing.T, mode datapath.RoutingMode, attach datapath.AttachMode) *mcluster {
+	t.Helper()
 	c := &mcluster{mode: mode}
 	for i := 1; i <= 2; i++ {
 		tn, err := testnet.CreateNode(netip.MustParseAddr(fmt.Sprintf("198.18.%d.1", i)))
@@ -73,7 +80,7 @@ func newMCluster(t *testing.T, mode datapath.RoutingMode) *mcluster {
 	n1.tn.NS.MustRun(t, "ip", "addr", "add", "198.19.9.1/24", "dev", "ext0")
 	c.ext.MustRun(t, "ip", "addr", "add", "198.19.9.2/24", "dev", "eth0")
 	for _, n := range c.nodes {
-		n.h = dt.New(t, datapath.Config{NetNS: n.tn.NS.Path})
+		n.h = dt.New(t, datapath.Config{NetNS: n.tn.NS.Path, AttachMode: attach})
 		c.install(t, n)
 	}
 	return c
@@ -159,12 +166,14 @@ func TestMultiNode(t *testing.T) {
 	dt.RequireBPF(t)
 	testnet.RequireRoot(t)
 	for _, mode := range []datapath.RoutingMode{datapath.RoutingTunnel, datapath.RoutingNative} {
-		t.Run(string(mode), func(t *testing.T) { testMultiNode(t, mode) })
+		t.Run(string(mode), func(t *testing.T) { testMultiNode(t, mode, datapath.AttachAuto) })
 	}
+	// from_netdev and the endpoints' programs as legacy tc filters.
+	t.Run("native-tc", func(t *testing.T) { testMultiNode(t, datapath.RoutingNative, datapath.AttachTC) })
 }
 
-func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
-	c := newMCluster(t, mode)
+func testMultiNode(t *testing.T, mode datapath.RoutingMode, attach datapath.AttachMode) {
+	c := newMClusterAttach(t, mode, attach)
 	n1, n2 := c.nodes[0], c.nodes[1]
 	a, b, cc := n1.pods[0], n1.pods[1], n2.pods[0]
 	for _, p := range []*mpod{a, b, cc} {
@@ -300,7 +309,7 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	}
 	defer est.Close()
 	must(testnet.Echo(est, okTimeout))
-	dp, err := datapath.Load(datapath.Config{PinDir: n2.h.PinDir(), NetNS: n2.tn.NS.Path})
+	dp, err := datapath.Load(datapath.Config{PinDir: n2.h.PinDir(), NetNS: n2.tn.NS.Path, AttachMode: attach})
 	must(err)
 	defer dp.Close()
 	for _, p := range n2.pods {
