@@ -33,7 +33,10 @@ type OverlayConfig struct {
 	// stack's DNAT (datapath.ConfigServiceDefer, kube-proxy). Sync then
 	// attaches to_netdev to the devices traffic to other nodes leaves
 	// through (and the default route's), where that traffic's egress is
-	// judged when its backend is not on this node.
+	// judged when its backend is not on this node. (In native routing
+	// mode Sync attaches from_netdev to the ingress of those devices
+	// whatever this says: pod traffic from other nodes is judged there and
+	// handed straight to the local pod, skipping the host stack.)
 	DeferServices bool
 	Logger        *slog.Logger
 }
@@ -93,7 +96,9 @@ type Overlay struct {
 
 	mu          sync.Mutex
 	masqRemoved bool           // masquerading off and the chain removed
-	netdevs     map[string]int // devices with to_netdev attached (DeferServices, native)
+	netdevs     map[string]int // devices with to_netdev attached (DeferServices)
+	ingressDevs map[string]int // devices with from_netdev attached (native)
+	fastOn      bool           // ConfigNativeFast set
 }
 
 // NewOverlay sets up the node's routing mode on a loaded datapath: in tunnel
@@ -112,6 +117,9 @@ func NewOverlay(dp *datapath.Datapath, cfg OverlayConfig) (*Overlay, error) {
 		return nil, err
 	}
 	if cfg.Mode == datapath.RoutingTunnel {
+		// Native routing's fast path is for native mode only; there it
+		// comes on once from_netdev is attached (Sync).
+		rc.Flags &^= datapath.ConfigNativeFast
 		idx, err := dp.EnsureTunnel(cfg.Device, cfg.Port, PodMTU(cfg.Mode, cfg.MTU))
 		if err != nil {
 			return nil, fmt.Errorf("overlay: %w", err)
@@ -126,6 +134,17 @@ func NewOverlay(dp *datapath.Datapath, cfg OverlayConfig) (*Overlay, error) {
 	}
 	if err := dp.SetRuntimeConfig(rc); err != nil {
 		return nil, err
+	}
+	if cfg.Mode == datapath.RoutingTunnel {
+		// from_netdev of an earlier native-mode run (it would pass
+		// everything in tunnel mode anyway).
+		devs, err := dp.NativeIngressDevices()
+		for _, dev := range devs {
+			err = errors.Join(err, dp.DetachNativeIngress(dev))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("overlay: detach from_netdev of an earlier native run: %w", err)
+		}
 	}
 	if cfg.Mode == datapath.RoutingNative {
 		if err := dp.RemoveTunnel(cfg.Device); err != nil {
@@ -222,7 +241,7 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	if err := o.syncRoutes(st.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
-	if o.cfg.DeferServices {
+	if o.cfg.DeferServices || o.cfg.Mode == datapath.RoutingNative {
 		if err := o.attachNetdevs(self, nodes); err != nil {
 			errs = append(errs, fmt.Errorf("native devices: %w", err))
 		}
@@ -248,12 +267,15 @@ func (o *Overlay) Sync(self string, nodes []OverlayNode) error {
 	return nil
 }
 
-// attachNetdevs attaches to_netdev to the devices traffic leaves through
+// attachNetdevs attaches programs to the devices traffic leaves through
 // towards the other nodes (their addresses, Sigil's routes, the default
 // route; not the tunnel device), once per device (and again when its
-// ifindex changed): a pod's service traffic kube-proxy sends there (a
-// backend pod in native mode, a host-network backend on another node in
-// either mode) has its deferred egress judged on the way out.
+// ifindex changed). With DeferServices, to_netdev on their egress: a pod's
+// service traffic kube-proxy sends there (a backend pod in native mode, a
+// host-network backend on another node in either mode) has its deferred
+// egress judged on the way out. In native routing mode, from_netdev on
+// their ingress, where pod traffic from the other nodes arrives: judged by
+// the local pod's ingress policy and redirected into it.
 func (o *Overlay) attachNetdevs(self string, nodes []OverlayNode) error {
 	var dsts []netip.Addr
 	for _, n := range nodes {
@@ -271,18 +293,40 @@ func (o *Overlay) attachNetdevs(self string, nodes []OverlayNode) error {
 	}
 	if o.netdevs == nil {
 		o.netdevs = map[string]int{}
+		o.ingressDevs = map[string]int{}
 	}
 	var errs []error
 	for name, idx := range devs {
-		if o.netdevs[name] == idx {
-			continue
+		if o.cfg.DeferServices && o.netdevs[name] != idx {
+			if err := o.dp.AttachNativeDevice(name, idx); err != nil {
+				errs = append(errs, err)
+			} else {
+				o.netdevs[name] = idx
+				o.cfg.Logger.Info("deferred service egress judged on native device", "device", name)
+			}
 		}
-		if err := o.dp.AttachNativeDevice(name, idx); err != nil {
-			errs = append(errs, err)
-			continue
+		if o.cfg.Mode == datapath.RoutingNative && o.ingressDevs[name] != idx {
+			if err := o.dp.AttachNativeIngress(name, idx); err != nil {
+				errs = append(errs, err)
+			} else {
+				o.ingressDevs[name] = idx
+				o.cfg.Logger.Info("pod traffic from other nodes judged and delivered on native device", "device", name)
+			}
 		}
-		o.netdevs[name] = idx
-		o.cfg.Logger.Info("deferred service egress judged on native device", "device", name)
+	}
+	if len(o.ingressDevs) > 0 && !o.fastOn {
+		// from_netdev is in place: flows with remote pods may skip the
+		// stack both ways from now on.
+		rc, err := o.dp.Config.Get()
+		if err == nil {
+			rc.Flags |= datapath.ConfigNativeFast
+			err = o.dp.SetRuntimeConfig(rc)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("native fast path: %w", err))
+		} else {
+			o.fastOn = true
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -310,8 +354,8 @@ func (o *Overlay) syncRoutes(routes []datapath.PodRoute) error {
 }
 
 // CleanupOverlay removes what the overlay installed on the node: Sigil's
-// routes, the masquerade chain, the tunnel map entries, to_netdev on native
-// devices and the tunnel device
+// routes, the masquerade chain, the tunnel map entries, to_netdev and
+// from_netdev on native devices and the tunnel device
 // (for uninstall; `sigil-agent --cleanup`).
 func CleanupOverlay(dp *datapath.Datapath, device string) error {
 	if device == "" {
@@ -323,8 +367,13 @@ func CleanupOverlay(dp *datapath.Datapath, device string) error {
 	for _, dev := range devs {
 		errs = append(errs, dp.DetachNativeDevice(dev))
 	}
+	devs, err = dp.NativeIngressDevices()
+	errs = append(errs, err)
+	for _, dev := range devs {
+		errs = append(errs, dp.DetachNativeIngress(dev))
+	}
 	if rc, err := dp.Config.Get(); err == nil {
-		rc.Flags &^= datapath.ConfigTunnel
+		rc.Flags &^= datapath.ConfigTunnel | datapath.ConfigNativeFast
 		rc.TunnelIfIndex = 0
 		errs = append(errs, dp.SetRuntimeConfig(rc))
 	}

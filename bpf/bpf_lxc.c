@@ -7,7 +7,10 @@
  *                   another local pod is also judged by that pod's ingress
  *                   policy and redirected straight into it (bpf_redirect_peer);
  *                   in tunnel mode a packet for a remote pod is encapsulated
- *                   with the source's identity as VNI.
+ *                   with the source's identity as VNI; in native routing
+ *                   (CFG_NATIVE_FAST) a packet of a CT_F_FAST flow with a
+ *                   remote pod is sent out of the underlay device at once
+ *                   (FIB lookup, bpf_redirect / bpf_redirect_neigh).
  *   to_container:   tc egress of the host veth, i.e. traffic the host stack
  *                   delivers into the pod (native routing, the node itself).
  *                   Judges the destination's ingress policy, with the source
@@ -25,10 +28,16 @@
  *   local_ingress:  judges the deferred egress of pods' packets the stack
  *                   translated to the node's own addresses (delivered
  *                   locally, past every tc hook).
- * On the node's devices towards other nodes (deferred services only):
- *   to_netdev:      tc egress: judges the deferred egress of pods' packets
- *                   the stack translated to a backend elsewhere; all
- *                   other packets pass at once.
+ * On the node's devices towards other nodes (native routing):
+ *   from_netdev:    tc ingress (CFG_NATIVE_FAST): a packet from a remote pod
+ *                   for a local pod is judged by the pod's ingress policy,
+ *                   with the source identity from the ipcache, and
+ *                   redirected straight into the pod, skipping the host
+ *                   stack (as from_overlay does in tunnel mode); everything
+ *                   else goes up the stack.
+ *   to_netdev:      tc egress (deferred services only): judges the deferred
+ *                   egress of pods' packets the stack translated to a
+ *                   backend elsewhere; all other packets pass at once.
  * Services: with CFG_LB_TC, from_container translates packets for a service
  * frontend to a backend (lb4_dnat) and the client's ingress hooks restore
  * the frontend as the replies' source (rev_nat4); with CFG_SVC_DEFER, packets
@@ -203,6 +212,42 @@ static __always_inline int encap(struct __sk_buff *skb, const struct runtime_con
 static __always_inline bool tunnel_mode(const struct runtime_config *cfg)
 {
 	return cfg && (cfg->flags & CFG_TUNNEL) && cfg->tunnel_ifindex;
+}
+
+/* native_fast: native routing with from_netdev attached. Flows between a
+ * local pod and a remote pod (remote_pod4) that start while it is on are
+ * tracked with CT_F_FAST and skip the host stack in both directions; all
+ * other flows cross it in both directions. Never half of a flow: the host
+ * stack's own conntrack (netfilter) must see a flow whole or not at all,
+ * or it calls the half it sees INVALID, which kube-proxy drops. */
+static __always_inline bool native_fast(const struct runtime_config *cfg)
+{
+	return cfg && (cfg->flags & CFG_NATIVE_FAST) && !(cfg->flags & CFG_TUNNEL);
+}
+
+/* redirect_netdev sends a pod's packet for a remote pod out of the device
+ * the node's routes choose, with the next hop's MAC, skipping the host
+ * stack (native_fast). Like the tunnel path, the TTL is not decremented.
+ * Where the FIB cannot say (no route, forwarding off), the stack decides. */
+static __always_inline int redirect_netdev(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	struct bpf_fib_lookup fib = {
+		.family = SIGIL_AF_INET,
+		.ipv4_src = p->saddr,
+		.ipv4_dst = p->daddr,
+		.ifindex = skb->ifindex,
+	};
+	long ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, fib.dmac, 6, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, 6, fib.smac, 6, 0) < 0)
+			return SIGIL_DROP;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	return SIGIL_PASS;
 }
 
 /* --- services --------------------------------------------------------- */
@@ -444,6 +489,7 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 	struct ct_state st;
 	struct pkt4 p = {};
 	__u16 rev_nat = 0;
+	__u8 fast = 0;
 	__u64 now;
 	__u8 reason;
 
@@ -473,9 +519,14 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 		}
 	}
 
+	/* A new flow with a remote pod skips the stack both ways: only from
+	 * a pod from_netdev can deliver to (known MACs). */
+	if (native_fast(cfg) && mac_known(ep->mac) && mac_known(ep->node_mac) && remote_pod4(p.daddr))
+		fast = CT_F_FAST;
+
 	/* Policy judges the packet as it leaves: after any translation, so
 	 * on the backend. */
-	reason = judge(skb, cfg, &p, ep, DIR_EGRESS, IDENTITY_ANY, now, &v, &st, 0, rev_nat);
+	reason = judge(skb, cfg, &p, ep, DIR_EGRESS, IDENTITY_ANY, now, &v, &st, fast, rev_nat);
 	if (reason)
 		return drop(skb, &p, &v, reason);
 
@@ -497,6 +548,21 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 		__be32 node = tunnel_endpoint4(ipcache_lookup4(p.daddr), p.daddr);
 		if (node)
 			return encap(skb, cfg, node, ep->identity);
+	}
+	/* Its own new flow, or one tracked as fast (a remote pod's flow
+	 * that from_netdev delivered, replied to here), or an ICMP error
+	 * about a fast flow: the path the flow takes. */
+	if (fast) {
+		__u8 flags = 0;
+
+		if (st.status == CT_RELATED)
+			ct4_related_peek(&p, DIR_EGRESS, now, &flags);
+		else if (st.status == CT_NEW)
+			flags = CT_F_FAST;
+		else
+			flags = st.flags;
+		if (flags & CT_F_FAST)
+			return redirect_netdev(skb, &p);
 	}
 	return SIGIL_PASS;
 }
@@ -640,6 +706,67 @@ static __always_inline int handle_to_netdev(struct __sk_buff *skb)
 	return SIGIL_PASS;
 }
 
+/* handle_from_netdev, on the ingress of the node's native-routing devices
+ * (native_fast), delivers a packet from a remote pod for a local pod
+ * straight into the pod: the pod's ingress is judged as to_container would
+ * judge it after the host stack (the same judge, conntrack entries and
+ * events; the source identity from the ipcache), and an allowed packet is
+ * redirected into the pod (deliver_local) without crossing the stack's
+ * routing and netfilter. As in from_overlay, the TTL is not decremented.
+ * Everything else goes up the stack untouched, to be routed and judged
+ * there as before: packets not addressed to this node's MAC, not for a
+ * local endpoint with known MACs, not from a remote pod, fragments, packets
+ * parse_ipv4 refuses (to_container reports them), and packets of flows
+ * tracked without CT_F_FAST (they crossed the stack so far, e.g. replies
+ * of flows the stack translated, or flows older than the fast path: they
+ * stay there, see native_fast). An ICMP error takes the path of the flow it
+ * is about, whoever sent it (a node or router on the way too): fast only
+ * for a CT_F_FAST flow. */
+static __always_inline int handle_from_netdev(struct __sk_buff *skb)
+{
+	const struct runtime_config *cfg = config_get();
+	const struct endpoint_info *ep;
+	struct verdict_ctx v = { .dir = DIR_INGRESS };
+	struct ct_state st;
+	struct pkt4 p = {};
+	struct iphdr ip;
+	__u8 flags, reason;
+	__u64 now;
+
+	if (!native_fast(cfg) || skb->pkt_type != PACKET_HOST || (skb->mark & SIGIL_MARK_DEFER))
+		return SIGIL_PASS;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return SIGIL_PASS;
+	/* Fragments go up the stack whole: its reassembly and the
+	 * first-fragment tracking in to_container stay as they were. */
+	if (ip.version != 4 || (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFSET)))
+		return SIGIL_PASS;
+	ep = endpoint_lookup4(ip.daddr);
+	if (!ep || !mac_known(ep->mac) || !mac_known(ep->node_mac))
+		return SIGIL_PASS;
+	if (ip.protocol != IPPROTO_ICMP && !remote_pod4(ip.saddr))
+		return SIGIL_PASS;
+	if (parse_ipv4(skb, &p))
+		return SIGIL_PASS;
+
+	now = bpf_ktime_get_coarse_ns();
+	if (p.has_inner) {
+		if (!ct4_related_peek(&p, DIR_INGRESS, now, &flags) || !(flags & CT_F_FAST))
+			return SIGIL_PASS;
+	} else {
+		if (ip.protocol == IPPROTO_ICMP && !remote_pod4(ip.saddr))
+			return SIGIL_PASS;
+		if (ct4_peek(&p, DIR_INGRESS, now, &flags) && !(flags & CT_F_FAST))
+			return SIGIL_PASS;
+	}
+	reason = judge(skb, cfg, &p, ep, DIR_INGRESS, IDENTITY_ANY, now, &v, &st, CT_F_FAST, 0);
+	if (!reason)
+		reason = rev_nat4(skb, &p, &st, now);
+	if (reason)
+		return drop(skb, &p, &v, reason);
+	return deliver_local(skb, ep);
+}
+
 static __always_inline int only_ipv4(struct __sk_buff *skb, __u8 dir)
 {
 	struct verdict_ctx v = { .dir = dir };
@@ -715,4 +842,14 @@ int to_netdev(struct __sk_buff *skb)
 	if (!(skb->mark & SIGIL_MARK_DEFER) || skb->protocol != bpf_htons(ETH_P_IP))
 		return SIGIL_PASS;
 	return handle_to_netdev(skb);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	/* Only IPv4 for a local pod; everything else (ARP, IPv6, the node's
+	 * own traffic) up the stack as before. */
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return SIGIL_PASS;
+	return handle_from_netdev(skb);
 }

@@ -85,6 +85,34 @@ var nativeDeviceHooks = []hook{
 	{"netdev", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(d *Datapath) *ebpf.Program { return d.toNetdev }},
 }
 
+// nativeIngressHooks: the ingress of a native-routing device, where packets
+// from other nodes for local pods are judged and handed straight to the pod
+// (from_netdev). Its pin suffix ends in neither -ingress nor -egress (the
+// endpoint hooks', see AttachedInterfaces) nor -netdev (NativeDevices).
+var nativeIngressHooks = []hook{
+	{"netdev-in", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, func(d *Datapath) *ebpf.Program { return d.fromNetdev }},
+}
+
+// AttachNativeIngress attaches from_netdev to the ingress of a node device
+// that pod traffic from other nodes arrives on in native routing mode: a
+// packet for a local pod is judged by the pod's ingress policy there and
+// redirected into the pod, skipping the host stack; anything else goes up
+// the stack as before. Idempotent, like AttachEndpoint.
+func (d *Datapath) AttachNativeIngress(ifName string, ifIndex int) error {
+	return d.attachHooks(ifName, ifIndex, nativeIngressHooks)
+}
+
+// DetachNativeIngress removes from_netdev from ifName; idempotent.
+func (d *Datapath) DetachNativeIngress(ifName string) error {
+	return d.detachHooks(ifName, nativeIngressHooks)
+}
+
+// NativeIngressDevices lists the interfaces with from_netdev attached (their
+// pins).
+func (d *Datapath) NativeIngressDevices() ([]string, error) {
+	return d.pinnedWithSuffix("-" + nativeIngressHooks[0].suffix)
+}
+
 // AttachNativeDevice attaches to_netdev to the egress of a node device that
 // natively routes pod traffic to other nodes. It is needed only with
 // ConfigServiceDefer in native routing mode; packets Sigil did not defer
@@ -123,6 +151,11 @@ func (d *Datapath) DetachLocalIngress() error { return detachPinnedLink(d.localI
 
 // NativeDevices lists the interfaces with to_netdev attached (their pins).
 func (d *Datapath) NativeDevices() ([]string, error) {
+	return d.pinnedWithSuffix("-" + nativeDeviceHooks[0].suffix)
+}
+
+// pinnedWithSuffix lists the interfaces with a link pinned under suffix.
+func (d *Datapath) pinnedWithSuffix(suffix string) ([]string, error) {
 	entries, err := os.ReadDir(filepath.Join(d.cfg.PinDir, "links"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -132,7 +165,7 @@ func (d *Datapath) NativeDevices() ([]string, error) {
 	}
 	var out []string
 	for _, e := range entries {
-		if base, ok := cutSuffix(e.Name(), "-"+nativeDeviceHooks[0].suffix); ok {
+		if base, ok := cutSuffix(e.Name(), suffix); ok {
 			out = append(out, base)
 		}
 	}

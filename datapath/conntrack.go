@@ -30,6 +30,9 @@ const (
 	// (ConfigLBTC); Backend is where the flow is translated to. It carries
 	// no policy verdict.
 	CTService uint8 = 1 << 3
+	// CTFast: a flow with a remote pod that skips the host stack in both
+	// directions (ConfigNativeFast).
+	CTFast uint8 = 1 << 4
 )
 
 // CTTuple is a tracked flow as first seen, and the direction (relative to

@@ -46,6 +46,7 @@ type Datapath struct {
 	fromOverlay   *ebpf.Program
 	toOverlay     *ebpf.Program
 	toNetdev      *ebpf.Program
+	fromNetdev    *ebpf.Program
 	localIngress  *ebpf.Program
 	mode          AttachMode
 }
@@ -100,7 +101,8 @@ func Load(cfg Config) (*Datapath, error) {
 	d := &Datapath{Maps: maps, cfg: cfg, log: log, coll: coll,
 		fromContainer: coll.Programs["from_container"], toContainer: coll.Programs["to_container"],
 		fromOverlay: coll.Programs["from_overlay"], toOverlay: coll.Programs["to_overlay"],
-		toNetdev: coll.Programs["to_netdev"], localIngress: coll.Programs["local_ingress"]}
+		toNetdev: coll.Programs["to_netdev"], fromNetdev: coll.Programs["from_netdev"],
+		localIngress: coll.Programs["local_ingress"]}
 	if d.mode, err = resolveAttachMode(cfg.AttachMode); err != nil {
 		coll.Close()
 		return nil, err
@@ -252,6 +254,10 @@ func (d *Datapath) Programs() (fromContainer, toContainer *ebpf.Program) {
 func (d *Datapath) OverlayPrograms() (fromOverlay, toOverlay, toNetdev *ebpf.Program) {
 	return d.fromOverlay, d.toOverlay, d.toNetdev
 }
+
+// NetdevIngressProgram returns from_netdev, the native-routing devices'
+// ingress program, for tests.
+func (d *Datapath) NetdevIngressProgram() *ebpf.Program { return d.fromNetdev }
 
 // LocalIngressProgram returns the cgroup ingress program, for tests.
 func (d *Datapath) LocalIngressProgram() *ebpf.Program { return d.localIngress }

@@ -293,6 +293,7 @@ const (
 	lxcMapSigilPolicy                 = "sigil_policy"
 	lxcMapSigilTunnel                 = "sigil_tunnel"
 	lxcProgFromContainer              = "from_container"
+	lxcProgFromNetdev                 = "from_netdev"
 	lxcProgFromOverlay                = "from_overlay"
 	lxcProgLocalIngress               = "local_ingress"
 	lxcProgToContainer                = "to_container"
@@ -349,6 +350,7 @@ type lxcSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type lxcProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromNetdev    *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	LocalIngress  *ebpf.ProgramSpec `ebpf:"local_ingress"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
@@ -466,6 +468,7 @@ type lxcVariables struct {
 // It can be passed to loadLxcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lxcPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
+	FromNetdev    *ebpf.Program `ebpf:"from_netdev"`
 	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
 	LocalIngress  *ebpf.Program `ebpf:"local_ingress"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
@@ -476,6 +479,7 @@ type lxcPrograms struct {
 func (p *lxcPrograms) Close() error {
 	return _LxcClose(
 		p.FromContainer,
+		p.FromNetdev,
 		p.FromOverlay,
 		p.LocalIngress,
 		p.ToContainer,

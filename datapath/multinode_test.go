@@ -1,10 +1,12 @@
 package datapath_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +41,13 @@ type mpod struct {
 
 func newMCluster(t *testing.T, mode datapath.RoutingMode) *mcluster {
 	t.Helper()
+	return newMClusterAttach(t, mode, datapath.AttachAuto)
+}
+
+// newMClusterAttach is newMCluster with the programs attached as attach
+// says (TCX or tc).
+func newMClusterAttach(t *testing.T, mode datapath.RoutingMode, attach datapath.AttachMode) *mcluster {
+	t.Helper()
 	c := &mcluster{mode: mode}
 	for i := 1; i <= 2; i++ {
 		tn, err := testnet.CreateNode(netip.MustParseAddr(fmt.Sprintf("198.18.%d.1", i)))
@@ -71,7 +80,7 @@ func newMCluster(t *testing.T, mode datapath.RoutingMode) *mcluster {
 	n1.tn.NS.MustRun(t, "ip", "addr", "add", "198.19.9.1/24", "dev", "ext0")
 	c.ext.MustRun(t, "ip", "addr", "add", "198.19.9.2/24", "dev", "eth0")
 	for _, n := range c.nodes {
-		n.h = dt.New(t, datapath.Config{NetNS: n.tn.NS.Path})
+		n.h = dt.New(t, datapath.Config{NetNS: n.tn.NS.Path, AttachMode: attach})
 		c.install(t, n)
 	}
 	return c
@@ -107,6 +116,15 @@ func (c *mcluster) install(t *testing.T, n *mnode) {
 			netip.PrefixFrom(remote.underlay, 32): remote.underlay}))
 	} else {
 		must(n.h.SyncRoutes([]datapath.PodRoute{{Dst: remote.podCIDR, Via: remote.underlay}}))
+		// As the agent's overlay does: from_netdev on the device the
+		// other node's pod traffic arrives on, then the fast path on.
+		must(n.h.AttachNativeIngress("ul0", n.tn.NS.IfIndex(t, "ul0")))
+		rc.Flags |= datapath.ConfigNativeFast
+		// kube-proxy's rule (iptables mode, without
+		// --conntrack-tcp-be-liberal): the stack drops what its conntrack
+		// calls INVALID, such as the half of a flow whose other half
+		// skipped the stack. Flows must take one path both ways.
+		n.tn.NS.MustRun(t, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
 	}
 	must(n.h.SetRuntimeConfig(rc))
 	for _, p := range n.pods {
@@ -148,12 +166,14 @@ func TestMultiNode(t *testing.T) {
 	dt.RequireBPF(t)
 	testnet.RequireRoot(t)
 	for _, mode := range []datapath.RoutingMode{datapath.RoutingTunnel, datapath.RoutingNative} {
-		t.Run(string(mode), func(t *testing.T) { testMultiNode(t, mode) })
+		t.Run(string(mode), func(t *testing.T) { testMultiNode(t, mode, datapath.AttachAuto) })
 	}
+	// from_netdev and the endpoints' programs as legacy tc filters.
+	t.Run("native-tc", func(t *testing.T) { testMultiNode(t, datapath.RoutingNative, datapath.AttachTC) })
 }
 
-func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
-	c := newMCluster(t, mode)
+func testMultiNode(t *testing.T, mode datapath.RoutingMode, attach datapath.AttachMode) {
+	c := newMClusterAttach(t, mode, attach)
 	n1, n2 := c.nodes[0], c.nodes[1]
 	a, b, cc := n1.pods[0], n1.pods[1], n2.pods[0]
 	for _, p := range []*mpod{a, b, cc} {
@@ -166,6 +186,9 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	expect(t, "cross-node tcp", a.NS.TCP(at(cc, 8080), okTimeout), true)
 	expect(t, "cross-node udp", a.NS.UDP(at(cc, 8080), okTimeout), true)
 	expect(t, "cross-node icmp", a.NS.Ping(cc.IP.String()), true)
+	// An ICMP error takes its flow's path: a's UDP to a closed port on cc
+	// is refused (cc's port unreachable reaches a's socket).
+	expect(t, "cross-node udp to a closed port refused", udpRefused(a, at(cc, 7777)), true)
 	expect(t, "same-node tcp", a.NS.TCP(at(b, 8080), okTimeout), true)
 	expect(t, "same-node icmp", a.NS.Ping(b.IP.String()), true)
 
@@ -180,8 +203,28 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	for _, n := range c.nodes {
 		n.h.Conntrack.Flush(nil)
 	}
+	if mode == datapath.RoutingNative {
+		// Count what node 2's stack forwards to and from cc: with the
+		// fast path nothing of a's flows with cc (from_netdev redirects
+		// into cc, from_container out of ul0).
+		n2.tn.NS.MustRun(t, "iptables", "-I", "FORWARD", "-d", cc.IP.String()+"/32", "-m", "comment", "--comment", "sigil-test-to")
+		n2.tn.NS.MustRun(t, "iptables", "-I", "FORWARD", "-s", cc.IP.String()+"/32", "-m", "comment", "--comment", "sigil-test-from")
+	}
 	expect(t, "a -> cc:8080 allowed", a.NS.TCP(at(cc, 8080), okTimeout), true)
 	expect(t, "a -> cc:9090 denied", a.NS.TCP(at(cc, 9090), dropTimeout), false)
+	if mode == datapath.RoutingNative {
+		// Judged on node 2's underlay device, not on cc's host veth.
+		ul0 := uint32(n2.tn.NS.IfIndex(t, "ul0"))
+		ev := waitEvent(t, n2.h, func(e datapath.FlowEvent) bool {
+			return e.Verdict == datapath.VerdictDropped && e.DstPort == 9090 && e.Src == a.IP
+		})
+		if ev.IfIndex != ul0 || ev.SrcIdentity != a.identity || ev.EndpointID != cc.epID || ev.Reason != datapath.DropPolicyDefault {
+			t.Errorf("drop event %+v: want cc's ingress judged on ul0 (ifindex %d) with a's identity", ev, ul0)
+		}
+		if to, from := forwarded(t, n2, "sigil-test-to"), forwarded(t, n2, "sigil-test-from"); to != 0 || from != 0 {
+			t.Errorf("node 2's stack forwarded %d packets to cc, %d from cc: want none (the fast path carries a's flows)", to, from)
+		}
+	}
 	expect(t, "a -> cc udp denied", a.NS.UDP(at(cc, 8080), dropTimeout), false)
 	expect(t, "b -> cc:8080 denied", b.NS.TCP(at(cc, 8080), dropTimeout), false)
 	expect(t, "a -> b denied on the same node", a.NS.TCP(at(b, 8080), dropTimeout), false)
@@ -266,7 +309,7 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	}
 	defer est.Close()
 	must(testnet.Echo(est, okTimeout))
-	dp, err := datapath.Load(datapath.Config{PinDir: n2.h.PinDir(), NetNS: n2.tn.NS.Path})
+	dp, err := datapath.Load(datapath.Config{PinDir: n2.h.PinDir(), NetNS: n2.tn.NS.Path, AttachMode: attach})
 	must(err)
 	defer dp.Close()
 	for _, p := range n2.pods {
@@ -275,6 +318,8 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 	if mode == datapath.RoutingTunnel {
 		_, err := dp.EnsureTunnel(datapath.DefaultTunnelDevice, datapath.DefaultTunnelPort, 1500-datapath.VXLANOverhead)
 		must(err)
+	} else {
+		must(dp.AttachNativeIngress("ul0", n2.tn.NS.IfIndex(t, "ul0")))
 	}
 	if err := testnet.Echo(est, okTimeout); err != nil {
 		t.Errorf("established connection broken by node 2's reload: %v", err)
@@ -294,4 +339,41 @@ func testMultiNode(t *testing.T, mode datapath.RoutingMode) {
 		}
 		must(n.h.SyncRoutes(nil))
 	}
+}
+
+// forwarded is how many packets node n's stack counted in the FORWARD rule
+// with comment, which testMultiNode put there.
+func forwarded(t *testing.T, n *mnode, comment string) int {
+	t.Helper()
+	out := n.tn.NS.MustRun(t, "iptables", "-L", "FORWARD", "-v", "-n", "-x")
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && strings.Contains(line, "/* "+comment+" */") {
+			var pkts int
+			fmt.Sscan(f[0], &pkts)
+			return pkts
+		}
+	}
+	t.Fatalf("no counting rule in FORWARD:\n%s", out)
+	return 0
+}
+
+// udpRefused sends a datagram from p to addr and reports nil when the
+// answer is an ICMP port unreachable (ECONNREFUSED on the socket).
+func udpRefused(p *mpod, addr string) error {
+	return p.NS.Do(func() error {
+		c, err := net.Dial("udp4", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(okTimeout))
+		if _, err := c.Write([]byte("x")); err != nil {
+			return err
+		}
+		if _, err = c.Read(make([]byte, 8)); errors.Is(err, syscall.ECONNREFUSED) {
+			return nil
+		}
+		return fmt.Errorf("read: %v, want connection refused", err)
+	})
 }

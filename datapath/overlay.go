@@ -166,7 +166,8 @@ func (d *Datapath) SyncRoutes(routes []PodRoute) error {
 // native routing mode, those carrying pod traffic to other nodes), the
 // devices routing each of dsts (the other nodes' addresses), and the default
 // route's. They are where AttachNativeDevice is needed with
-// ConfigServiceDefer. The device named skip (the tunnel device) is left out.
+// ConfigServiceDefer, and where AttachNativeIngress goes in native routing
+// mode. The device named skip (the tunnel device) is left out.
 func (d *Datapath) RouteDevices(dsts []netip.Addr, skip string) (map[string]int, error) {
 	out := map[string]int{}
 	err := d.inNetNS(func() error {

@@ -280,8 +280,10 @@ func TestTCServiceTranslation(t *testing.T) {
 // tunnel and native routing. With kube-proxy's DNAT on node 1 and deferral,
 // node 1 judges a's egress on the remote backend (to_overlay, or to_netdev
 // on the underlay device); replies return through node 1's stack to be
-// reverse-NATed. With Sigil's tc translation, replies are reverse-NATed
-// where a's ingress is judged (from_overlay, or to_container).
+// reverse-NATed (in native mode with the fast path on and kube-proxy's
+// INVALID drop: such flows stay on the stack both ways). With Sigil's tc
+// translation, replies are reverse-NATed where a's ingress is judged
+// (from_overlay, or from_netdev on the fast path).
 func TestMultiNodeServices(t *testing.T) {
 	dt.RequireBPF(t)
 	testnet.RequireRoot(t)

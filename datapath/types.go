@@ -106,6 +106,15 @@ const (
 	// translates packets for a service frontend that the socket programs
 	// did not (DNAT to a backend, tracked; replies reverse-NATed).
 	ConfigLBTC uint32 = 1 << 4
+	// ConfigNativeFast turns on native routing's fast path once from_netdev
+	// is attached to the devices pod traffic from other nodes arrives on
+	// (AttachNativeIngress): a flow between a local pod and a remote pod
+	// (in the ipcache) that starts while it is on skips the host stack in
+	// both directions (CTFast): from_netdev judges and redirects it into
+	// the pod, from_container sends it out of the device the node's routes
+	// choose. Flows tracked without CTFast keep crossing the stack both
+	// ways. Ignored with ConfigTunnel.
+	ConfigNativeFast uint32 = 1 << 5
 )
 
 // skb->mark bits Sigil sets on packets it defers to the host stack's DNAT

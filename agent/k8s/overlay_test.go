@@ -261,6 +261,13 @@ func testOverlayTwoNodes(t *testing.T, mode datapath.RoutingMode) {
 			rc.Flags&datapath.ConfigAllowHostIngress == 0 {
 			t.Errorf("%s: runtime config %+v: want tunnel flag %v and the agent's flags kept", n.name, rc, mode == datapath.RoutingTunnel)
 		}
+		// Native mode: from_netdev on the underlay, then the fast path on.
+		devs, err := n.dp.NativeIngressDevices()
+		native := mode == datapath.RoutingNative
+		if fast := rc.Flags&datapath.ConfigNativeFast != 0; err != nil || fast != native ||
+			native && !slices.Contains(devs, "ul0") || !native && len(devs) != 0 {
+			t.Errorf("%s: fast path flag %v, from_netdev on %v (%v); want both in native mode only, on ul0", n.name, fast, devs, err)
+		}
 		if mode == datapath.RoutingTunnel {
 			idx, err := n.tn.NS.InterfaceIndex(datapath.DefaultTunnelDevice)
 			if err != nil || uint32(idx) != rc.TunnelIfIndex {

@@ -93,6 +93,8 @@ enum sigil_enforcement {
 					    * service CIDRs is judged after its DNAT, see SIGIL_MARK_DEFER */
 #define CFG_LB_TC              (1U << 4) /* Sigil load-balances: from_container translates what the
 					    * socket programs did not (lib/lb.h, sigil_lb4_svc) */
+#define CFG_NATIVE_FAST        (1U << 5) /* native routing, from_netdev attached: flows between local and
+					    * remote pods skip the host stack both ways (CT_F_FAST) */
 
 /* skb->mark bits Sigil owns. from_container sets SIGIL_MARK_DEFER on a pod's
  * packet to a service CIDR (CFG_SVC_DEFER) instead of judging its egress;

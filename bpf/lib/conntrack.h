@@ -117,6 +117,48 @@ static __always_inline enum ct_status ct4_lookup(const struct pkt4 *p, __u8 dir,
 	return st->status = CT_NEW;
 }
 
+/* ct4_peek reports whether p's flow is tracked in direction dir (as opened
+ * or as a reply), with its entry's flags, without accounting the packet. */
+static __always_inline bool ct4_peek(const struct pkt4 *p, __u8 dir, __u64 now, __u8 *flags)
+{
+	struct ct4_key k = { .saddr = p->saddr, .daddr = p->daddr,
+			     .sport = p->sport, .dport = p->dport,
+			     .proto = p->proto, .direction = dir };
+	struct ct_entry *e = ct_find(&k, now);
+
+	if (!e) {
+		k.saddr = p->daddr;
+		k.daddr = p->saddr;
+		k.sport = p->dport;
+		k.dport = p->sport;
+		k.direction = !dir;
+		e = ct_find(&k, now);
+	}
+	if (!e)
+		return false;
+	*flags = e->flags;
+	return true;
+}
+
+/* ct4_related_peek reports whether the flow an ICMP error p (seen in
+ * direction dir) is about is tracked, with its entry's flags, without
+ * accounting the packet. */
+static __always_inline bool ct4_related_peek(const struct pkt4 *p, __u8 dir, __u64 now, __u8 *flags)
+{
+	struct ct4_key k = p->inner;
+	struct ct_entry *e;
+
+	if (!p->has_inner)
+		return false;
+	k.direction = !dir;
+	k.pad = 0;
+	e = ct_find(&k, now);
+	if (!e)
+		return false;
+	*flags = e->flags;
+	return true;
+}
+
 /* ct4_create tracks a new flow; flags are CT_F_* beyond the TCP state, and
  * rev_nat_index names the service frontend of a translated flow (0: none). */
 static __always_inline void ct4_create(const struct pkt4 *p, __u8 dir, __u64 now,

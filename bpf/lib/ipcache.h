@@ -40,6 +40,17 @@ static __always_inline __u32 identity_of4(__be32 addr)
 	return e ? e->identity : IDENTITY_WORLD;
 }
 
+/* remote_pod4 reports whether addr is a pod on another node as the ipcache
+ * knows it: a cluster identity (not reserved, not a node-local CIDR
+ * identity) that is no local endpoint. */
+static __always_inline bool remote_pod4(__be32 addr)
+{
+	const struct ipcache_entry *e = ipcache_lookup4(addr);
+
+	return e && e->identity >= SIGIL_IDENTITY_CLUSTER_MIN &&
+	       !(e->identity & SIGIL_IDENTITY_LOCAL_FLAG) && !(e->flags & IPC_F_LOCAL_ENDPOINT);
+}
+
 static __always_inline const struct endpoint_info *endpoint_lookup4(__be32 addr)
 {
 	struct endpoint_key k = { .addr.ip4 = addr, .family = SIGIL_AF_INET };

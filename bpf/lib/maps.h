@@ -176,6 +176,10 @@ struct ct4_key {
 				   * through the stack, never redirected past its reverse NAT */
 #define CT_F_SERVICE    (1U << 3) /* a service flow's tuple as the client sent it: nat_addr/nat_port
 				   * name its backend, so later packets stick to it */
+#define CT_F_FAST       (1U << 4) /* native routing (CFG_NATIVE_FAST): a flow with a remote pod whose
+				   * packets skip the host stack both ways (from_netdev into the pod,
+				   * from_container out of the device); a flow without it stays on the
+				   * stack both ways, so the stack's own conntrack sees whole flows */
 
 struct ct_entry {
 	__u64 expires;   /* CLOCK_MONOTONIC deadline (bpf_ktime_get_coarse_ns) */

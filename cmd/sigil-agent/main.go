@@ -131,9 +131,10 @@ func run() error {
 		}
 		rc := datapath.RuntimeConfig{Enforcement: mode, Flags: datapath.ConfigAllowHostIngress | datapath.ConfigTraceNewFlows}
 		if old, err := d.Config.Get(); err == nil {
-			// The tunnel settings of the previous run stay until NewOverlay
-			// sets this run's: no window in which tunnel mode is off.
-			rc.Flags |= old.Flags & datapath.ConfigTunnel
+			// The tunnel settings (and native routing's fast path) of the
+			// previous run stay until NewOverlay sets this run's: no window
+			// in which tunnel mode, or the fast path, is off.
+			rc.Flags |= old.Flags & (datapath.ConfigTunnel | datapath.ConfigNativeFast)
 			rc.TunnelIfIndex = old.TunnelIfIndex
 		}
 		deferSvc, err := sf.applyRuntime(&rc, restCfg != nil)

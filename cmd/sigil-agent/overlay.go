@@ -32,7 +32,7 @@ func (f *overlayFlags) register() {
 	flag.BoolVar(&f.masquerade, "masquerade", true, "masquerade pod traffic leaving the cluster to the node's address")
 	flag.StringVar(&f.prefilterDevices, "prefilter-devices", "", "comma-separated node interfaces to attach the XDP prefilter to (empty: off)")
 	flag.StringVar(&f.prefilterCIDRs, "prefilter-cidrs", "", "comma-separated source CIDRs the prefilter always drops (with the clusterwide policies' deny list)")
-	flag.BoolVar(&f.cleanup, "cleanup", false, "remove Sigil's routes, masquerade chain, tunnel device and prefilter from the node, then exit (uninstall)")
+	flag.BoolVar(&f.cleanup, "cleanup", false, "remove Sigil's routes, masquerade chain, tunnel device, native-device programs and prefilter from the node, then exit (uninstall)")
 }
 
 func splitList(s string) []string {

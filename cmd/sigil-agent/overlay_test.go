@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -145,6 +146,22 @@ func testDeferredServicesDevices(t *testing.T, mode datapath.RoutingMode) {
 	if devs, err := d.NativeDevices(); err != nil || len(devs) != 1 || devs[0] != "ul0" {
 		t.Fatalf("native devices %v, %v; want ul0", devs, err)
 	}
+	// from_netdev: on ul0's ingress in native mode only.
+	wantIn := 0
+	if mode == datapath.RoutingNative {
+		wantIn = 1
+	}
+	if devs, err := d.NativeIngressDevices(); err != nil || len(devs) != wantIn || wantIn == 1 && devs[0] != "ul0" {
+		t.Fatalf("from_netdev devices %v, %v; want %d (ul0)", devs, err, wantIn)
+	}
+	// The fast path is on once from_netdev is (native mode only).
+	if rc, err := d.Config.Get(); err != nil || (rc.Flags&datapath.ConfigNativeFast != 0) != (wantIn == 1) {
+		t.Errorf("runtime flags %#x, %v: want ConfigNativeFast %v", rc.Flags, err, wantIn == 1)
+	}
+	// Neither is an endpoint interface (restore would detach it as stale).
+	if ifs, err := d.AttachedInterfaces(); err != nil || slices.Contains(ifs, "ul0") || slices.ContainsFunc(ifs, func(s string) bool { return strings.HasPrefix(s, "ul0-") }) {
+		t.Errorf("endpoint interfaces %v, %v: the native device's programs are listed", ifs, err)
+	}
 	// As the agent does with deferral on: the cgroup program too.
 	if err := (serviceFlags{cgroup: datapath.DefaultCgroup2}).localIngress(d, true, log); err != nil {
 		t.Fatal(err)
@@ -158,6 +175,12 @@ func testDeferredServicesDevices(t *testing.T, mode datapath.RoutingMode) {
 	}
 	if devs, err := d.NativeDevices(); err != nil || len(devs) != 0 {
 		t.Errorf("native devices after cleanup %v, %v", devs, err)
+	}
+	if devs, err := d.NativeIngressDevices(); err != nil || len(devs) != 0 {
+		t.Errorf("from_netdev devices after cleanup %v, %v", devs, err)
+	}
+	if rc, err := d.Config.Get(); err != nil || rc.Flags&datapath.ConfigNativeFast != 0 {
+		t.Errorf("runtime flags after cleanup %#x, %v: fast path still on", rc.Flags, err)
 	}
 	if _, err := os.Stat(localPin); !os.IsNotExist(err) {
 		t.Errorf("local_ingress still attached after cleanup: %v", err)

@@ -37,7 +37,7 @@ type MultinodeReport struct {
 	Machine  Machine
 	Started  time.Time
 	Duration time.Duration
-	Rows     []MultinodeRow // physical, plain VXLAN, Sigil tunnel, Sigil native
+	Rows     []MultinodeRow // physical, plain VXLAN, the same pods without Sigil, Sigil tunnel, native (stack path, fast path)
 }
 
 // Underlay and overlay addresses of the benchmark (198.18.0.0/15 only).
@@ -79,10 +79,11 @@ func newPair(cl *Cleanup) (*mnPair, error) {
 }
 
 // RunMultinode measures, in one run, TCP throughput, RR and CRR between two
-// nodes carried four ways: node to node over the underlay (the physical
+// nodes carried several ways: node to node over the underlay (the physical
 // baseline), a plain kernel VXLAN between the nodes with no BPF (what a
-// Flannel-style overlay costs), and pod to pod through Sigil in tunnel and in
-// native routing mode.
+// Flannel-style overlay costs), the same pods without Sigil, and pod to pod
+// through Sigil in tunnel and in native routing mode (with its fast path off,
+// i.e. through the host stack, and on).
 func RunMultinode(ctx context.Context, o MultinodeOptions) (*MultinodeReport, error) {
 	if err := checkHost("ip", "nsenter", "sysctl", "iperf3"); err != nil {
 		return nil, err
@@ -103,6 +104,9 @@ func RunMultinode(ctx context.Context, o MultinodeOptions) (*MultinodeReport, er
 		{"pods, plain VXLAN: pod to pod, no BPF", podsVXLAN},
 		{"sigil tunnel: pod to pod across nodes", func(ctx context.Context, cl *Cleanup) (*testnet.NS, *testnet.NS, netip.Addr, error) {
 			return sigilPair(ctx, cl, datapath.RoutingTunnel)
+		}},
+		{"sigil native, stack path: pod to pod across nodes, fast path off", func(ctx context.Context, cl *Cleanup) (*testnet.NS, *testnet.NS, netip.Addr, error) {
+			return sigilPairFast(ctx, cl, datapath.RoutingNative, false)
 		}},
 		{"sigil native: pod to pod across nodes", func(ctx context.Context, cl *Cleanup) (*testnet.NS, *testnet.NS, netip.Addr, error) {
 			return sigilPair(ctx, cl, datapath.RoutingNative)
@@ -230,20 +234,27 @@ func podsVXLAN(ctx context.Context, cl *Cleanup) (*testnet.NS, *testnet.NS, neti
 
 // sigilPair programs both nodes as the agent does (docs/datapath.md,
 // "Forwarding and the multi-node datapath") and returns the pods.
-func sigilPair(_ context.Context, cl *Cleanup, mode datapath.RoutingMode) (*testnet.NS, *testnet.NS, netip.Addr, error) {
+func sigilPair(ctx context.Context, cl *Cleanup, mode datapath.RoutingMode) (*testnet.NS, *testnet.NS, netip.Addr, error) {
+	return sigilPairFast(ctx, cl, mode, true)
+}
+
+// sigilPairFast is sigilPair with native routing's fast path on or off (off:
+// from_netdev attached but ConfigNativeFast clear, so pod traffic crosses
+// the host stack and to_container, as before the fast path existed).
+func sigilPairFast(_ context.Context, cl *Cleanup, mode datapath.RoutingMode, fast bool) (*testnet.NS, *testnet.NS, netip.Addr, error) {
 	p, err := newPair(cl)
 	if err != nil {
 		return nil, nil, netip.Addr{}, err
 	}
 	for i, n := range p.nodes {
-		if err := programNode(cl, p, i, mode); err != nil {
+		if err := programNode(cl, p, i, mode, fast); err != nil {
 			return nil, nil, netip.Addr{}, fmt.Errorf("node %s: %w", n.NS.Name, err)
 		}
 	}
 	return p.pods[1].NS, p.pods[0].NS, p.pods[1].IP, nil
 }
 
-func programNode(cl *Cleanup, p *mnPair, i int, mode datapath.RoutingMode) error {
+func programNode(cl *Cleanup, p *mnPair, i int, mode datapath.RoutingMode, fast bool) error {
 	n, remote := p.nodes[i], 1-i
 	pinDir := filepath.Join(datapathtest.BPFFSRoot, "sigil-bench-"+randHex())
 	cl.Add("unpin "+pinDir, func() error { return datapath.Unpin(pinDir) })
@@ -277,8 +288,22 @@ func programNode(cl *Cleanup, p *mnPair, i int, mode datapath.RoutingMode) error
 		if err := dp.SyncRoutes([]datapath.PodRoute{{Dst: mnPodCIDR[remote], Device: datapath.DefaultTunnelDevice}}); err != nil {
 			return err
 		}
-	} else if err := dp.SyncRoutes([]datapath.PodRoute{{Dst: mnPodCIDR[remote], Via: mnUnderlay[remote]}}); err != nil {
-		return err
+	} else {
+		if err := dp.SyncRoutes([]datapath.PodRoute{{Dst: mnPodCIDR[remote], Via: mnUnderlay[remote]}}); err != nil {
+			return err
+		}
+		// As the agent's overlay does: from_netdev on the underlay, then
+		// the fast path on.
+		ifIndex, err := n.NS.InterfaceIndex("ul0")
+		if err != nil {
+			return err
+		}
+		if err := dp.AttachNativeIngress("ul0", ifIndex); err != nil {
+			return err
+		}
+		if fast {
+			rc.Flags |= datapath.ConfigNativeFast
+		}
 	}
 	if err := dp.SetRuntimeConfig(rc); err != nil {
 		return err
@@ -357,7 +382,8 @@ func (r *MultinodeReport) Markdown(command string) string {
 		"no BPF), node to node. The Sigil rows carry pod to pod traffic, which also crosses each pod's veth pair; the " +
 		"\"same pods without Sigil\" rows (plain routing, and a Flannel-style kernel VXLAN) carry the same pod to pod " +
 		"traffic with no programs, so the last column is what Sigil itself costs. Sigil: a pod on each node, programmed as the agent does, with Sigil's per-endpoint programs, " +
-		"flow events and (tunnel) the VXLAN device with identity in the VNI; the pods' MTU leaves room for the encapsulation. " +
+		"flow events, (tunnel) the VXLAN device with identity in the VNI (the pods' MTU leaves room for the encapsulation), " +
+		"(native) from_netdev on the underlay and the fast path on (\"stack path\": off, so pod traffic crosses the host stack and to_container as before the fast path). " +
 		"Figures as in the datapath benchmark (iperf3, 1-byte RR, CRR with 2 clients).\n")
 	return b.String()
 }

@@ -386,6 +386,9 @@ type BPFCTEntry struct {
 	Cookie      uint32     `json:"cookie"`
 	// ViaStack: the host stack translated the flow (kube-proxy).
 	ViaStack bool `json:"viaStack,omitempty"`
+	// Fast: a flow with a remote pod that skips the host stack both ways
+	// (native routing's fast path).
+	Fast bool `json:"fast,omitempty"`
 	// Backend: a service flow (tc translation) as the client sent it,
 	// translated to this backend.
 	Backend *netip.AddrPort `json:"backend,omitempty"`
@@ -423,7 +426,8 @@ func newBPFCTCommand(o *options) *cobra.Command {
 					Src: t.Src, SrcPort: t.SrcPort, Dst: t.Dst, DstPort: t.DstPort, ExpiresSec: int64(e.Expires.Seconds()),
 					Packets: e.Packets, Bytes: e.Bytes, SrcIdentity: uint32(e.SrcIdentity), DstIdentity: uint32(e.DstIdentity),
 					TCPFlags: e.TCPFlags, SeenReply: e.Flags&datapath.CTSeenReply != 0, Closing: e.Flags&datapath.CTClosing != 0,
-					Cookie: e.Cookie, ViaStack: e.Flags&datapath.CTViaStack != 0, RevNATIndex: e.RevNATIndex})
+					Cookie: e.Cookie, ViaStack: e.Flags&datapath.CTViaStack != 0, Fast: e.Flags&datapath.CTFast != 0,
+					RevNATIndex: e.RevNATIndex})
 				if e.Flags&datapath.CTService != 0 {
 					be := e.Backend
 					out[len(out)-1].Backend = &be
@@ -457,6 +461,9 @@ func newBPFCTCommand(o *options) *cobra.Command {
 					}
 					if e.ViaStack {
 						st = append(st, "via-stack")
+					}
+					if e.Fast {
+						st = append(st, "fast")
 					}
 					if e.Backend != nil {
 						st = append(st, "service->"+e.Backend.String())
