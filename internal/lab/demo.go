@@ -5,45 +5,18 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	sigilv1 "github.com/sigil-net/sigil/api/v1alpha1"
 )
-
-// quietControllerRuntime keeps controller-runtime from printing "log.SetLogger
-// was never called" with a stack trace: the lab uses only its client.
-var quietControllerRuntime sync.Once
-
-// Client is a controller-runtime client of the lab's API server that knows
-// Sigil's types.
-func (l *Lab) Client() (client.Client, error) {
-	quietControllerRuntime.Do(func() { ctrllog.SetLogger(logr.Discard()) })
-	cfg, err := l.RESTConfig()
-	if err != nil {
-		return nil, err
-	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := sigilv1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	return client.New(cfg, client.Options{Scheme: scheme})
-}
 
 // demoPods are the demo's workloads: a small shop and a visitor, spread
 // over the nodes.

@@ -8,14 +8,22 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	sigilv1 "github.com/sigil-net/sigil/api/v1alpha1"
 )
 
 // SigilNamespace is where the lab installs the chart (as docs/install.md
@@ -39,6 +47,11 @@ func (l *Lab) RESTConfig() (*rest.Config, error) {
 }
 
 func (l *Lab) client() (*kube, error) {
+	l.clientMu.Lock()
+	defer l.clientMu.Unlock()
+	if l.kc != nil {
+		return l.kc, nil
+	}
 	cfg, err := l.RESTConfig()
 	if err != nil {
 		return nil, err
@@ -47,7 +60,40 @@ func (l *Lab) client() (*kube, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kube{cs: cs, cfg: cfg}, nil
+	l.kc = &kube{cs: cs, cfg: cfg}
+	return l.kc, nil
+}
+
+// quietControllerRuntime keeps controller-runtime from printing "log.SetLogger
+// was never called" with a stack trace: the lab uses only its client.
+var quietControllerRuntime sync.Once
+
+// Client is a controller-runtime client of the lab's API server that knows
+// Sigil's types.
+func (l *Lab) Client() (client.Client, error) {
+	quietControllerRuntime.Do(func() { ctrllog.SetLogger(logr.Discard()) })
+	l.clientMu.Lock()
+	defer l.clientMu.Unlock()
+	if l.crc != nil {
+		return l.crc, nil
+	}
+	cfg, err := l.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := sigilv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, err
+	}
+	l.crc = c
+	return c, nil
 }
 
 // waitNodesRegistered waits for every node object to exist.

@@ -9,7 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sigil-net/sigil/internal/image"
 )
@@ -22,6 +25,12 @@ type Lab struct {
 	cfg   Config
 	state *State
 	out   io.Writer
+
+	// Clients of the lab's API server, made on first use (after up wrote
+	// the kubeconfig) and shared: probes run many at once.
+	clientMu sync.Mutex
+	kc       *kube
+	crc      client.Client
 }
 
 // step prints one progress line.
