@@ -95,23 +95,7 @@ type node struct {
 
 func newNode(t *testing.T, podCIDR string, extra ...string) *node {
 	t.Helper()
-	dir := t.TempDir()
-	n := &node{t: t, podCIDR: podCIDR,
-		ns:       testnet.NewNS(t, "sgn"),
-		pinDir:   "/sys/fs/bpf/sigil-test-" + randHex(4),
-		stateDir: filepath.Join(dir, "state"),
-		socket:   filepath.Join(dir, "run", "sigil.sock"),
-		confDir:  filepath.Join(dir, "net.d"),
-		cniBin:   filepath.Join(dir, "bin"),
-		cacheDir: filepath.Join(dir, "cache"),
-		extra:    extra,
-	}
-	t.Cleanup(func() { os.RemoveAll(n.pinDir) })
-	n.ns.MustRun(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
-	n.cfg = libcni.NewCNIConfigWithCacheDir([]string{n.cniBin}, n.cacheDir, nil)
-	n.startAgent(nil)
-	t.Cleanup(n.stopAgent)
-	return n
+	return newK8sNode(t, podCIDR, nil, extra...)
 }
 
 func (n *node) startAgent(env []string) {

@@ -78,8 +78,9 @@ func writeKubeconfig(t *testing.T, env *k8stest.Env) string {
 	return path
 }
 
-// newK8sNode is newNode for a node under Kubernetes: the underlay and the
-// API proxy are set up by setup before the agent starts.
+// newK8sNode builds a node (namespace, folders, agent): for a node under
+// Kubernetes, setup (when not nil) wires the underlay and the API proxy
+// before the agent starts; newNode is it without setup.
 func newK8sNode(t *testing.T, podCIDR string, setup func(*node), extra ...string) *node {
 	t.Helper()
 	dir := t.TempDir()
@@ -96,7 +97,9 @@ func newK8sNode(t *testing.T, podCIDR string, setup func(*node), extra ...string
 	t.Cleanup(func() { os.RemoveAll(n.pinDir) })
 	n.ns.MustRun(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
 	n.cfg = libcni.NewCNIConfigWithCacheDir([]string{n.cniBin}, n.cacheDir, nil)
-	setup(n)
+	if setup != nil {
+		setup(n)
+	}
 	n.startAgent(nil)
 	t.Cleanup(n.stopAgent)
 	return n
